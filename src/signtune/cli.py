@@ -1,0 +1,387 @@
+"""The ``study`` command group. The only module that prints.
+
+User mistakes (``SigntuneError``) print one message naming the place, the rule, the value and
+the fix, and exit with code 2. Ctrl-C exits with 130 and leaves the study resumable.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from signtune.errors import ConfigError, Problem, SigntuneError
+
+app = typer.Typer(
+    name="study",
+    help="Hyperparameter search for sign-language translation (and any plugged-in trainer).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Make and inspect data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+out = Console()
+err = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+StudyOpt = Annotated[
+    str | None,
+    typer.Option("--study", "-s", help="Study name under ./studies, a folder, or a study.yaml path. Default: demo."),
+]
+
+
+def handle_errors(fn: F) -> F:
+    """Map user errors to exit 2 and Ctrl-C to exit 130, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SigntuneError as exc:
+            _print_problems(exc)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print(
+                "[yellow]Interrupted.[/] Running trials were marked failed (reason: interrupted); "
+                "run the same command again to resume."
+            )
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _print_problems(exc: SigntuneError) -> None:
+    from signtune.storage import mask_url
+
+    kind = {"ConfigError": "Invalid configuration", "DataError": "Invalid data", "StudyError": "Study error"}.get(
+        type(exc).__name__, "Error"
+    )
+    n = len(exc.problems)
+    err.print(f"[bold red]{kind}[/] ({n} problem{'s' if n != 1 else ''}):", highlight=False)
+    for p in exc.problems:
+        err.print(
+            f"  [bold]{mask_url(p.where)}[/]: {mask_url(p.message)}", highlight=False, markup=True, soft_wrap=True
+        )
+        if p.fix:
+            err.print(f"    fix: {mask_url(p.fix)}", highlight=False, soft_wrap=True)
+
+
+def _quiet() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="optuna")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+def _load(study: str | None, overrides: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Spec + search space + task, all validated; nothing is written."""
+    from signtune.space import parse
+    from signtune.spec import load_spec
+    from signtune.tasks import get_task
+
+    spec = load_spec(study, overrides)
+    task = get_task(spec.task, where=f"{spec.path}: task")
+    space = parse(spec.search_space, known_keys=task.config_keys())
+    from signtune.space import check_params
+
+    problems: list[Problem] = []
+    for i, params in enumerate(spec.enqueue):
+        problems += check_params(space, params, f"{spec.path}: enqueue[{i}]")
+    if problems:
+        raise ConfigError(problems)
+    return spec, space, task
+
+
+def _tracking_override(tracking_uri: str | None, no_tracking: bool) -> dict[str, Any]:
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    o: dict[str, Any] = {}
+    if uri:
+        from signtune.tracking import check_tracking_uri
+
+        problem = check_tracking_uri(uri)
+        if problem:
+            where = "--tracking-uri" if tracking_uri else "MLFLOW_TRACKING_URI"
+            raise ConfigError(Problem(where, problem[0], problem[1]))
+        o["tracking.uri"] = uri
+    if no_tracking:
+        o["tracking.enabled"] = False
+    return o
+
+
+@app.command()
+@handle_errors
+def run(
+    study: StudyOpt = None,
+    trials: Annotated[
+        int | None, typer.Option("--trials", "-n", help="Total finished trials the study should have.")
+    ] = None,
+    subset: Annotated[
+        float | None,
+        typer.Option(help="Fraction of the train split each trial trains on (seeded, same for all trials)."),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per trial.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds after which no new trial starts.")] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL (sqlite:///, postgresql+psycopg://, journal:///).")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri", help="MLflow tracking URI (default: the spec's, then sqlite:///studies/<name>/mlflow.db)."
+        ),
+    ] = None,
+    no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,
+) -> None:
+    """Run (or resume) a study until it has --trials finished trials."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from signtune.runner import RunEvents, run_study
+    from signtune.storage import mask_url
+
+    _quiet()
+    overrides: dict[str, Any] = {
+        "budget.trials": trials,
+        "budget.subset": subset,
+        "budget.timeout": timeout,
+        "fixed.run.epochs": epochs,
+        "storage": storage,
+        **_tracking_override(tracking_uri, no_tracking),
+    }
+    spec, space, task = _load(study, overrides)
+    t0 = time.perf_counter()
+    with err.status("Preparing data (generated on first use, then cached)..."):
+        data = task.prepare(spec)
+    err.print(
+        f"[bold]{spec.name}[/]: {spec.task}, storage {mask_url(spec.storage)}, "
+        f"train {data.get('train')} clips (subset {spec.budget.subset}), val {data.get('val')}, "
+        f"data ready in {time.perf_counter() - t0:.1f}s",
+        highlight=False,
+    )
+    metric = spec.objective.metric
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("best {task.fields[best]}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=err,
+        transient=False,
+    )
+    bar = progress.add_task(spec.name, total=spec.budget.trials, best="-", status="")
+
+    def on_start(finished: int, total: int) -> None:
+        progress.update(bar, completed=finished)
+
+    def on_epoch(number: int, epoch: int, metrics: dict[str, float]) -> None:
+        progress.update(
+            bar,
+            status=f"trial {number} epoch {epoch}/{spec.base.run.epochs}: {metric} {metrics.get(metric, float('nan')):.2f}",
+        )
+
+    def on_trial_end(trial: Any, finished: int, best: float | None) -> None:
+        progress.update(bar, completed=finished, best=f"{best:.2f}" if best is not None else "-", status="")
+
+    with progress:
+        summary = run_study(spec, space, task, events=RunEvents(on_start, on_trial_end, on_epoch), data_summary=data)
+    if summary.started == 0:
+        out.print(
+            f"Study [bold]{spec.name}[/] already has {summary.finished}/{summary.total} finished trials; nothing to run. "
+            f"Raise --trials to run more."
+        )
+    _print_leaderboard(spec)
+    if summary.stopped_by == "timeout":
+        out.print(
+            f"[yellow]Stopped by --timeout[/] after {summary.wall_time_s:.0f}s with {summary.finished}/{summary.total} finished; run again to continue."
+        )
+    out.print(f"Ran {summary.started} trial(s) in {summary.wall_time_s:.1f}s. Exports: {spec.dir / 'export'}")
+
+
+def _print_leaderboard(spec: Any, top: int = 10) -> None:
+    from optuna.trial import TrialState
+
+    from signtune.runner import open_study
+
+    study = open_study(spec, heartbeat=False)
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    reverse = spec.objective.direction == "maximize"
+    done.sort(key=lambda t: t.value, reverse=reverse)  # type: ignore[arg-type,return-value]
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    table = Table(
+        title=f"{spec.name}: top {min(top, len(done))} of {len(trials)} trials "
+        f"(complete {counts['complete']}, pruned {counts['pruned']}, failed {counts['fail']})"
+    )
+    table.add_column("#", justify="right")
+    table.add_column(spec.objective.metric, justify="right")
+    table.add_column("epochs", justify="right")
+    table.add_column("time", justify="right")
+    names = sorted({k for t in done[:top] for k in t.params})
+    for n in names:
+        table.add_column(n.split(".", 1)[-1], justify="right")
+    for t in done[:top]:
+        row = [
+            str(t.number),
+            f"{t.value:.2f}",
+            str(t.user_attrs.get("epochs_run", "")),
+            f"{t.user_attrs.get('wall_time_s', 0):.0f}s",
+        ]
+        row += [_fmt(t.params.get(n, "")) for n in names]
+        table.add_row(*row)
+    out.print(table)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+@app.command()
+@handle_errors
+def validate(
+    study: Annotated[str | None, typer.Argument(help="Study name, folder or study.yaml (default: demo).")] = None,
+) -> None:
+    """Check a study spec and its search space without running anything."""
+    spec, space, _ = _load(study, {})
+    out.print(
+        f"[green]OK[/] {spec.path}: task {spec.task}, {len(space.params)} searched params, "
+        f"{len(spec.enqueue)} enqueued configs, budget {spec.budget.trials} trials, subset {spec.budget.subset}"
+    )
+
+
+@app.command()
+@handle_errors
+def export(
+    study: StudyOpt = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder to write (default studies/<name>/export).")
+    ] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL.")] = None,
+) -> None:
+    """Write best_params.json, trials.csv and HTML plots for a study."""
+    from signtune.export import export_study
+    from signtune.runner import open_study
+
+    _quiet()
+    spec, _, _ = _load(study, {"storage": storage})
+    path = export_study(open_study(spec, create=False, heartbeat=False), spec, out_dir)
+    out.print(f"Exported to {path}")
+
+
+@app.command()
+@handle_errors
+def status(
+    study: StudyOpt = None, storage: Annotated[str | None, typer.Option(help="Optuna storage URL.")] = None
+) -> None:
+    """Show trial counts per state, the best value and the running trials."""
+    import datetime as dt
+
+    from optuna.trial import TrialState
+
+    from signtune.runner import open_study
+
+    _quiet()
+    spec, _, _ = _load(study, {"storage": storage})
+    s = open_study(spec, create=False, heartbeat=False)
+    trials = s.get_trials(deepcopy=False)
+    counts = {st.name.lower(): sum(t.state == st for t in trials) for st in TrialState}
+    out.print(f"[bold]{spec.name}[/]: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    if done:
+        out.print(f"best {spec.objective.metric} {s.best_value:.2f} (trial {s.best_trial.number})")
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    if running:
+        table = Table(title="running")
+        for c in ("#", "host", "worker", "gpu", "age"):
+            table.add_column(c)
+        now = dt.datetime.now()
+        for t in running:
+            age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0
+            table.add_row(
+                str(t.number),
+                str(t.user_attrs.get("host", "")),
+                str(t.user_attrs.get("worker", "")),
+                str(t.user_attrs.get("gpu", "")),
+                f"{age:.0f}s",
+            )
+        out.print(table)
+
+
+@app.command()
+@handle_errors
+def train(
+    study: StudyOpt = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Config override KEY=VALUE (dotted key), repeatable.")
+    ] = None,
+    subset: Annotated[float | None, typer.Option(help="Fraction of the train split.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs.")] = None,
+) -> None:
+    """Train one config of a study (no Optuna), e.g. to reproduce a trial."""
+    from signtune.config import apply_overrides
+    from signtune.objective import resolve_device
+    from signtune.spec import parse_sets
+    from signtune.tasks import TrialContext
+
+    spec, _, task = _load(study, {"budget.subset": subset, "fixed.run.epochs": epochs})
+    values = parse_sets(set_ or [])
+    cfg = apply_overrides(spec.base, {**values, "data.subset": spec.budget.subset}, where="--set")
+    task.prepare(spec)
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        out.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()), highlight=False)
+
+    ctx = TrialContext(
+        resolve_device(cfg.run.device), cfg.run.seed, spec.budget.subset, -1, spec.dir / ".scratch", spec.dir
+    )
+    result = task.fit(cfg, report, ctx)
+    out.print("best: " + ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()), highlight=False)
+
+
+@data_app.command("synth")
+@handle_errors
+def data_synth(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write features/ and the manifests into.")],
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
+    n_train: Annotated[int, typer.Option(help="Train sentences.")] = 3000,
+    n_val: Annotated[int, typer.Option(help="Validation sentences.")] = 300,
+    n_test: Annotated[int, typer.Option(help="Test sentences.")] = 300,
+    dim: Annotated[int, typer.Option(help="Feature dimension D.")] = 64,
+) -> None:
+    """Write How2Sign-style synthetic data: one (T, D) .npy per sentence and TSV manifests."""
+    from signtune.data.synth import generate
+
+    problems = [
+        Problem(f"--{name}", f"must be >= {low}, but got {value}", f"pass --{name} {low} or more")
+        for name, value, low in (("n-train", n_train, 1), ("n-val", n_val, 1), ("n-test", n_test, 0), ("dim", dim, 4))
+        if value < low
+    ]
+    if problems:
+        raise ConfigError(problems)
+    summary = generate(out_dir, seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, feature_dim=dim)
+    out.print(f"Wrote synthetic sign data to {out_dir}: {summary}", highlight=False)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())  # type: ignore[func-returns-value]

@@ -1,0 +1,218 @@
+"""The trainer's typed config tree and dotted-key overrides.
+
+Parameter names everywhere (Optuna, MLflow, ``best_params.json``, CLI overrides) are the
+dotted paths of this tree, e.g. ``optim.lr`` or ``model.num_encoder_layers``. Defaults live
+here, in the dataclasses, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from signtune.errors import ConfigError, Problem
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how it is batched.
+
+    Paths are relative to ``root``; ``root`` is relative to the study directory.
+    """
+
+    root: str = "data"
+    format: Literal["how2sign", "tsv"] = "how2sign"
+    train_manifest: str = "how2sign_realigned_train.csv"
+    val_manifest: str = "how2sign_realigned_val.csv"
+    test_manifest: str = "how2sign_realigned_test.csv"
+    features_dir: str = "features"
+    id_column: str = "SENTENCE_NAME"
+    text_column: str = "SENTENCE"
+    feature_dim: int = 64
+    subset: float = 1.0
+    subset_seed: int = 0
+    batch_size: int = 32
+    max_frames: int = 1024
+    vocab_size: int = 2000
+    lowercase: bool = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Encoder-decoder shape. ``family`` picks the builder in ``signtune.models``."""
+
+    family: Literal["transformer"] = "transformer"
+    d_model: int = 128
+    num_heads: int = 4
+    num_encoder_layers: int = 2
+    num_decoder_layers: int = 2
+    ff_mult: int = 4
+    dropout: float = 0.1
+    max_positions: int = 1024
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with an encoder learning-rate ratio (encoder lr = lr * encoder_lr_ratio)."""
+
+    lr: float = 1.0e-3
+    encoder_lr_ratio: float = 1.0
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.98
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Linear warmup, then cosine (or linear) decay to ``min_lr_ratio * lr``."""
+
+    name: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = 0.1
+    min_lr_ratio: float = 0.0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    label_smoothing: float = 0.1
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Validation decoding and scoring (sacrebleu corpus BLEU-4 on the whole split)."""
+
+    max_len: int = 64
+    beam_size: int = 1
+    batch_size: int = 128
+    bleu_tokenize: str = "13a"
+    lowercase: bool = False
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    epochs: int = 8
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def config_keys(cls: type = TrainConfig, prefix: str = "") -> dict[str, Any]:
+    """All dotted leaf keys of a config dataclass, mapped to their annotated types."""
+    out: dict[str, Any] = {}
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            out.update(config_keys(typing.cast(type, tp), key + "."))
+        else:
+            out[key] = tp
+    return out
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Convert ``value`` to annotated type ``tp``; raise ValueError with the rule if it can't."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ValueError(f"must be one of {list(choices)}, but got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0])
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"must be true or false, but got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+            raise ValueError(f"must be an integer, but got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, str):
+            hint = ""
+            try:
+                float(value)
+                hint = " (YAML reads 1e-5 as a string: write 1.0e-5)"
+            except ValueError:
+                pass
+            raise ValueError(f"must be a number, but got the string {value!r}{hint}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"must be a number, but got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"must be a string, but got {value!r}")
+        return value
+    return value
+
+
+def apply_overrides(cfg: TrainConfig, values: dict[str, Any], *, where: str = "overrides") -> TrainConfig:
+    """Return a copy of ``cfg`` with dotted keys replaced; all bad keys are reported at once.
+
+    Args:
+        cfg: the base config.
+        values: ``{"optim.lr": 3e-4, "model.dropout": 0.2, ...}``.
+        where: the source named in error messages (a file path, ``--set``...).
+
+    Raises:
+        ConfigError: a key is unknown or a value has the wrong type.
+    """
+    keys = config_keys()
+    problems: list[Problem] = []
+    grouped: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        if key not in keys:
+            section = key.split(".")[0]
+            near = sorted(k for k in keys if k.startswith(section + "."))
+            problems.append(
+                Problem(
+                    f"{where}: {key}",
+                    "is not a config key",
+                    f"use one of {near}" if near else f"sections are {sorted({k.split('.')[0] for k in keys})}",
+                )
+            )
+            continue
+        try:
+            coerced = _coerce(value, keys[key])
+        except ValueError as exc:
+            problems.append(Problem(f"{where}: {key}", str(exc), "correct the value"))
+            continue
+        section, _, leaf = key.partition(".")
+        grouped.setdefault(section, {})[leaf] = coerced
+    if problems:
+        raise ConfigError(problems)
+    updates = {section: dataclasses.replace(getattr(cfg, section), **fields) for section, fields in grouped.items()}
+    return dataclasses.replace(cfg, **updates)
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """``TrainConfig`` -> ``{"optim.lr": 0.001, ...}`` (the inverse of ``apply_overrides``)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out

@@ -1,0 +1,143 @@
+"""The one bridge between Optuna and a task: trial -> config -> fit -> reports/pruning -> value."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from signtune.config import apply_overrides
+from signtune.errors import SigntuneError, StopTrial
+from signtune.space import SearchSpace, suggest
+from signtune.spec import StudySpec
+from signtune.tasks import Task, TrialContext
+from signtune.tracking import NullTracker, Tracker
+
+EpochCallback = Callable[[int, int, dict[str, float]], None]
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Objective:
+    """Callable handed to ``study.optimize``. One instance serves many trials of a process."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        space: SearchSpace,
+        task: Task,
+        tracker: Tracker | NullTracker,
+        *,
+        worker_id: str = "0",
+        on_epoch: EpochCallback | None = None,
+    ) -> None:
+        self.spec = spec
+        self.space = space
+        self.task = task
+        self.tracker = tracker
+        self.worker_id = worker_id
+        self.on_epoch = on_epoch
+        self.device = resolve_device(spec.base.run.device)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        spec = self.spec
+        metric = spec.objective.metric
+        values = suggest(trial, self.space)
+        cfg = apply_overrides(spec.base, {**values, "data.subset": spec.budget.subset})
+        started = time.perf_counter()
+        attrs: dict[str, Any] = {
+            "seed": cfg.run.seed,
+            "device": self.device,
+            "host": socket.gethostname(),
+            "worker": self.worker_id,
+            "pid": os.getpid(),
+            "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", "") if self.device.startswith("cuda") else "",
+        }
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        run_id = self.tracker.start_trial(trial.number, params=values, tags={k: str(v) for k, v in attrs.items()})
+        if run_id:
+            trial.set_user_attr("mlflow_run_id", run_id)
+        epochs_seen = 0
+
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            nonlocal epochs_seen
+            epochs_seen = epoch
+            value = float(metrics[metric])
+            trial.report(value, epoch)
+            self.tracker.log_epoch(run_id, metrics, epoch)
+            if self.on_epoch is not None:
+                self.on_epoch(trial.number, epoch, metrics)
+            if not math.isfinite(value):
+                raise StopTrial("diverged", f"{metric} is {value} at epoch {epoch}")
+            if trial.should_prune():
+                raise StopTrial("pruned", f"{metric}={value:.2f} at epoch {epoch} is below the pruner's threshold")
+
+        ctx = TrialContext(
+            device=self.device,
+            seed=cfg.run.seed,
+            subset=spec.budget.subset,
+            trial_number=trial.number,
+            scratch_dir=Path(tempfile.gettempdir()) / f"signtune-{spec.name}-{trial.number}",
+            study_dir=spec.dir,
+        )
+
+        def finish(state: str, reason: str = "", **extra: Any) -> None:
+            wall = round(time.perf_counter() - started, 3)
+            trial.set_user_attr("wall_time_s", wall)
+            trial.set_user_attr("epochs_run", extra.pop("epochs_run", epochs_seen))
+            if reason:
+                trial.set_user_attr("reason", reason)
+            for key, value in extra.items():
+                trial.set_user_attr(key, value)
+            self.tracker.end_trial(run_id, state=state, reason=reason, wall_time_s=wall)
+
+        try:
+            result = self.task.fit(cfg, report, ctx)
+        except StopTrial as stop:
+            finish("pruned", stop.reason, reason_detail=stop.detail)
+            raise optuna.TrialPruned(str(stop)) from None
+        except KeyboardInterrupt:
+            finish("interrupted", "interrupted")
+            raise
+        except SigntuneError as exc:
+            finish("failed", "error", error=str(exc)[:2000])
+            raise
+        except Exception as exc:
+            finish("failed", _failure_reason(exc), error=traceback.format_exc(limit=8)[-2000:])
+            raise
+        value = result.metrics.get(metric)
+        if value is None or not math.isfinite(float(value)):
+            finish("failed", "no_metric", error=f"task returned no finite {metric!r}: {result.metrics}")
+            raise RuntimeError(f"task returned no finite {metric!r} in {sorted(result.metrics)}")
+        finish(
+            "complete",
+            epochs_run=result.epochs_run,
+            n_params=result.n_params,
+            best_epoch=int(result.metrics.get("epoch", result.epochs_run)),
+            **{k: v for k, v in result.attrs.items() if isinstance(v, str | int | float)},
+        )
+        self.tracker.log_summary(run_id, result.metrics)
+        return float(value)
+
+
+def _failure_reason(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    if "out of memory" in text.lower():
+        return "oom"
+    return "error"

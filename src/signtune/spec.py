@@ -1,0 +1,448 @@
+"""The study spec (``studies/<name>/study.yaml``): the only YAML reader of the package.
+
+``load_spec`` validates the whole file and reports every problem at once, each naming the
+file, the key path, the rule, the value and the fix. CLI flags are applied last and win.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from signtune.config import TrainConfig, apply_overrides
+from signtune.errors import ConfigError, Problem
+
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "hyperband", "none")
+DIRECTIONS = ("maximize", "minimize")
+DEFAULT_STUDIES_DIR = Path("studies")
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """Parameters of the embedded synthetic data generator (``data.synthetic``)."""
+
+    seed: int = 0
+    n_train: int = 3000
+    n_val: int = 300
+    n_test: int = 300
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    metric: str = "val_bleu"
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+    n_startup_trials: int = 8
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    name: Literal["median", "hyperband", "none"] = "median"
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 2
+    min_resource: int = 1
+    reduction_factor: int = 3
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    trials: int = 30
+    subset: float = 1.0
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class TrackingSpec:
+    uri: str | None = None
+    experiment: str | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study. ``base`` is the trainer config every trial starts from."""
+
+    name: str
+    path: Path
+    task: str
+    search_space: Path
+    base: TrainConfig
+    synthetic: SynthSpec | None
+    objective: ObjectiveSpec
+    sampler: SamplerSpec
+    pruner: PrunerSpec
+    budget: BudgetSpec
+    storage: str
+    tracking: TrackingSpec
+    enqueue: tuple[dict[str, Any], ...] = ()
+    promote: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{(self.dir / 'mlflow.db').as_posix()}"
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def data_root(self) -> Path:
+        root = Path(self.base.data.root)
+        return root if root.is_absolute() else self.dir / root
+
+    def hash(self) -> str:
+        """A short hash of the spec as loaded (CLI overrides included)."""
+        blob = json.dumps(self.raw, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+_TOP_KEYS = {
+    "name",
+    "task",
+    "search_space",
+    "data",
+    "fixed",
+    "objective",
+    "sampler",
+    "pruner",
+    "budget",
+    "storage",
+    "tracking",
+    "enqueue",
+    "promote",
+}
+
+
+def resolve_study_path(study: str | None) -> Path:
+    """``--study`` value (a name, a directory or a yaml file) -> path of its study.yaml."""
+    if study is None:
+        study = "demo"
+    candidate = Path(study)
+    if candidate.suffix in (".yaml", ".yml"):
+        path = candidate
+    elif candidate.is_dir() and (candidate / "study.yaml").is_file():
+        path = candidate / "study.yaml"
+    else:
+        path = DEFAULT_STUDIES_DIR / study / "study.yaml"
+    if not path.is_file():
+        known = sorted(p.parent.name for p in DEFAULT_STUDIES_DIR.glob("*/study.yaml"))
+        raise ConfigError(
+            Problem(
+                f"--study {study}",
+                f"no study spec found at {path}",
+                f"pass a study name under ./studies ({', '.join(known) or 'none found here'}) or "
+                "a path to a study.yaml; run `study` from the project directory",
+            )
+        )
+    return path
+
+
+def read_yaml(path: Path) -> Any:
+    """Read a YAML file with ``safe_load``; syntax errors become a ConfigError with the line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(Problem(str(path), f"cannot be read ({exc.strerror})", "check the path")) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}: line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            Problem(where, f"is not valid YAML ({problem})", "fix the YAML syntax (indentation, colons, quotes)")
+        ) from None
+
+
+class _Reader:
+    """Pulls typed values out of a mapping, collecting problems instead of raising."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[Problem] = []
+
+    def add(self, key: str, message: str, fix: str) -> None:
+        self.problems.append(Problem(f"{self.path}: {key}", message, fix))
+
+    def section(self, raw: dict[str, Any], key: str) -> dict[str, Any]:
+        value = raw.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.add(
+                key, f"must be a mapping, but got {value!r}", f"write `{key}:` followed by indented `name: value` lines"
+            )
+            return {}
+        return value
+
+    def dataclass_from(self, cls: type, raw: dict[str, Any], key: str) -> Any:
+        import dataclasses
+        import typing
+
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        for unknown in sorted(set(raw) - set(names)):
+            self.add(f"{key}.{unknown}", "is not a known key", f"use one of {names}")
+        kwargs: dict[str, Any] = {}
+        for name in names:
+            if name not in raw:
+                continue
+            try:
+                kwargs[name] = check_value(raw[name], hints[name])
+            except ValueError as exc:
+                self.add(f"{key}.{name}", str(exc), "correct the value")
+        return cls(**kwargs)
+
+
+def check_value(value: Any, tp: Any) -> Any:
+    """Type-check one spec value; ``1e-5``-style strings get a pointed hint."""
+    import typing
+
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ValueError(f"must be one of {list(choices)}, but got {value!r}")
+        return value
+    if origin is not None and type(None) in typing.get_args(tp):
+        if value is None:
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        return check_value(value, inner)
+    if tp is bool and not isinstance(value, bool):
+        raise ValueError(f"must be true or false, but got {value!r}")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"must be an integer, but got {value!r}")
+    if tp is float:
+        if isinstance(value, str):
+            raise ValueError(_float_string_message(value))
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"must be a finite number, but got {value!r}")
+        return float(value)
+    if tp is str and not isinstance(value, str):
+        raise ValueError(f"must be a string, but got {value!r}")
+    return value
+
+
+def _float_string_message(value: str) -> str:
+    try:
+        float(value)
+    except ValueError:
+        return f"must be a number, but got the string {value!r}"
+    return (
+        f"must be a number, but YAML read {value!r} as a string "
+        f"(PyYAML needs a dot in the mantissa: write {_dotted(value)})"
+    )
+
+
+def _dotted(value: str) -> str:
+    mant, _, exp = value.lower().partition("e")
+    if "." not in mant:
+        mant += ".0"
+    return f"{mant}e{exp}" if exp else mant
+
+
+def load_spec(study: str | Path | None = None, overrides: dict[str, Any] | None = None) -> StudySpec:
+    """Load and validate a study spec; CLI ``overrides`` win over the file.
+
+    Args:
+        study: a study name under ``./studies``, a directory holding ``study.yaml``, or a path
+            to a yaml file. ``None`` means the demo study.
+        overrides: CLI values by spec key path, e.g. ``{"budget.trials": 30, "budget.subset": 0.3,
+            "fixed.run.epochs": 5, "storage": "sqlite:///x.db"}``.
+
+    Raises:
+        ConfigError: with every problem found in the file and the overrides.
+    """
+    path = resolve_study_path(str(study) if study is not None else None)
+    raw = read_yaml(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            Problem(
+                str(path),
+                f"must be a mapping of keys, but got {type(raw).__name__}",
+                "see studies/demo/study.yaml for the layout",
+            )
+        )
+    raw = _apply_spec_overrides(raw, overrides or {})
+    r = _Reader(path)
+    for unknown in sorted(set(raw) - _TOP_KEYS):
+        r.add(unknown, "is not a known key", f"use one of {sorted(_TOP_KEYS)}")
+
+    name = raw.get("name", path.parent.name)
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\ "):
+        r.add("name", f"must be a non-empty name without spaces or slashes, but got {name!r}", "e.g. `name: demo`")
+        name = path.parent.name
+
+    task = raw.get("task", "sign2text")
+    if not isinstance(task, str) or not task:
+        r.add("task", f"must be a task name or `module:function`, but got {task!r}", "e.g. `task: sign2text`")
+        task = "sign2text"
+
+    space_raw = raw.get("search_space", "../../search_spaces/sign2text.yaml")
+    search_space = path.parent / str(space_raw)
+    if not search_space.is_file():
+        r.add(
+            "search_space",
+            f"file {search_space} does not exist",
+            "point it at a search space yaml, relative to this study.yaml",
+        )
+
+    data = dict(r.section(raw, "data"))
+    synth_raw = data.pop("synthetic", None)
+    synthetic: SynthSpec | None = None
+    if isinstance(synth_raw, dict):
+        synthetic = r.dataclass_from(SynthSpec, synth_raw, "data.synthetic")
+    elif synth_raw not in (None, False):
+        r.add("data.synthetic", f"must be a mapping or false, but got {synth_raw!r}", "e.g. `synthetic: {seed: 0}`")
+
+    fixed = r.section(raw, "fixed")
+    base = TrainConfig()
+    for prefix, values in (("", {f"data.{k}": v for k, v in data.items()}), ("fixed.", fixed)):
+        try:
+            base = apply_overrides(base, values)
+        except ConfigError as exc:
+            for p in exc.problems:
+                key = p.where.split(": ", 1)[-1]
+                r.add(prefix + key, p.message, p.fix)
+
+    objective = r.dataclass_from(ObjectiveSpec, r.section(raw, "objective"), "objective")
+    sampler = r.dataclass_from(SamplerSpec, r.section(raw, "sampler"), "sampler")
+    pruner = r.dataclass_from(PrunerSpec, r.section(raw, "pruner"), "pruner")
+    budget = r.dataclass_from(BudgetSpec, r.section(raw, "budget"), "budget")
+    tracking = r.dataclass_from(TrackingSpec, r.section(raw, "tracking"), "tracking")
+
+    if budget.trials < 1:
+        r.add(
+            "budget.trials",
+            f"must be >= 1, but got {budget.trials}",
+            "use a positive number of trials, e.g. --trials 30",
+        )
+    if not 0.0 < budget.subset <= 1.0:
+        r.add(
+            "budget.subset",
+            f"must be in (0, 1], but got {budget.subset}",
+            "e.g. --subset 0.3 trains each trial on 30% of the train split",
+        )
+    if budget.timeout is not None and budget.timeout <= 0:
+        r.add("budget.timeout", f"must be > 0 seconds, but got {budget.timeout}", "omit it for no time limit")
+    if pruner.n_warmup_steps < 0 or pruner.n_startup_trials < 0:
+        r.add("pruner", "n_warmup_steps and n_startup_trials must be >= 0", "use 0 or more")
+    if pruner.reduction_factor < 2:
+        r.add(
+            "pruner.reduction_factor",
+            f"must be >= 2, but got {pruner.reduction_factor}",
+            "hyperband halves with 2, thirds with 3",
+        )
+    if base.run.epochs < 1:
+        r.add("fixed.run.epochs", f"must be >= 1, but got {base.run.epochs}", "e.g. --epochs 8")
+
+    storage = raw.get("storage") or f"sqlite:///{(path.parent / 'study.db').as_posix()}"
+    if not isinstance(storage, str):
+        r.add("storage", f"must be a URL string, but got {storage!r}", "e.g. sqlite:///studies/demo/study.db")
+        storage = f"sqlite:///{(path.parent / 'study.db').as_posix()}"
+    else:
+        from signtune.storage import check_storage_url
+
+        problem = check_storage_url(storage)
+        if problem:
+            r.add("storage", problem[0], problem[1])
+
+    enqueue_raw = raw.get("enqueue") or []
+    enqueue: list[dict[str, Any]] = []
+    if not isinstance(enqueue_raw, list):
+        r.add(
+            "enqueue",
+            f"must be a list of param mappings, but got {enqueue_raw!r}",
+            "write `- {optim.lr: 1.0e-3, ...}` items",
+        )
+    else:
+        for i, item in enumerate(enqueue_raw):
+            if not isinstance(item, dict):
+                r.add(
+                    f"enqueue[{i}]",
+                    f"must be a mapping of param names to values, but got {item!r}",
+                    "e.g. `- {optim.lr: 1.0e-3}`",
+                )
+            else:
+                enqueue.append(dict(item))
+
+    promote = r.section(raw, "promote")
+
+    if r.problems:
+        raise ConfigError(r.problems)
+    return StudySpec(
+        name=name,
+        path=path,
+        task=task,
+        search_space=search_space,
+        base=base,
+        synthetic=synthetic,
+        objective=objective,
+        sampler=sampler,
+        pruner=pruner,
+        budget=budget,
+        storage=storage,
+        tracking=tracking,
+        enqueue=tuple(enqueue),
+        promote=dict(promote),
+        raw=raw,
+    )
+
+
+def _apply_spec_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set ``overrides`` (``"budget.trials": 5``, ``"fixed.run.epochs": 3``) on a copy of ``raw``."""
+    out = json.loads(json.dumps(raw, default=str)) if overrides else raw
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key.startswith("fixed."):
+            if not isinstance(out.get("fixed"), dict):
+                out["fixed"] = {}
+            out["fixed"][key[len("fixed.") :]] = value
+            continue
+        section, _, leaf = key.partition(".")
+        if not leaf:
+            out[section] = value
+            continue
+        if not isinstance(out.get(section), dict):
+            out[section] = {}
+        out[section][leaf] = value
+    return out
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``["optim.lr=3.0e-4", "model.dropout=0.2"]`` -> typed values (YAML scalars)."""
+    values: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            problems.append(Problem(f"--set {item}", "must be KEY=VALUE", "e.g. --set optim.lr=3.0e-4"))
+            continue
+        try:
+            values[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            values[key.strip()] = text
+    if problems:
+        raise ConfigError(problems)
+    return values

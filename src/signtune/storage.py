@@ -1,0 +1,114 @@
+"""Storage URL -> Optuna storage: hardened SQLite, PostgreSQL (psycopg 3), journal file.
+
+Every URL printed or logged goes through ``mask_url`` first.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+from signtune.errors import StudyError
+
+SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "journal")
+# A heartbeat every 60 s, and a trial is stale after 10 min without one: long enough for an
+# evaluation pass over a large validation split, short enough to recover a dead host's slot.
+HEARTBEAT_INTERVAL_S = 60
+GRACE_PERIOD_S = 600
+SQLITE_BUSY_TIMEOUT_S = 60
+
+_PASSWORD_RE = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<tail>@)")
+
+
+def mask_url(text: str) -> str:
+    """Replace the password of every URL in ``text`` with ``***``."""
+    return _PASSWORD_RE.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+
+
+def check_storage_url(url: str) -> tuple[str, str] | None:
+    """Return ``(rule and value, fix)`` if ``url`` is not a storage URL signtune can open."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in SCHEMES:
+        return (
+            f"must start with one of {[s + '://' for s in SCHEMES]}, but got {mask_url(url)!r}",
+            "e.g. sqlite:///studies/demo/study.db, postgresql+psycopg://user:pw@host/db or journal:///path/to/journal.log",
+        )
+    if scheme == "postgresql":
+        return (
+            f"uses the plain postgresql:// scheme ({mask_url(url)!r}), which picks the psycopg2 driver",
+            "write postgresql+psycopg://... to use psycopg 3",
+        )
+    if scheme in ("sqlite", "journal") and not url.startswith(f"{scheme}:///"):
+        return (
+            f"must be {scheme}:/// followed by a file path, but got {url!r}",
+            f"e.g. {scheme}:///studies/demo/study.db",
+        )
+    if scheme in ("sqlite", "journal") and not url.split("://", 1)[1].lstrip("/"):
+        return (f"has no file path: {url!r}", f"e.g. {scheme}:///studies/demo/study.db")
+    return None
+
+
+def _sqlite_path(url: str) -> Path:
+    return Path(url[len("sqlite:///") :])
+
+
+def _prepare_sqlite(url: str) -> None:
+    """Create the parent dir and switch the database to WAL (persistent per file).
+
+    WAL lets readers (the dashboard, ``study status``) run beside writers without
+    "database is locked".
+    """
+    path = _sqlite_path(url)
+    if str(path) in ("", ":memory:"):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        con.close()
+
+
+def create_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseStorage:
+    """Open the Optuna storage at ``url``.
+
+    Args:
+        url: ``sqlite:///path``, ``postgresql+psycopg://...`` or ``journal:///path``.
+        heartbeat: record heartbeats for running trials (RDB storages) so that trials of a
+            dead worker are failed and retried once by ``RetryHeartbeatStaleTrialCallback``.
+
+    Raises:
+        StudyError: the storage cannot be opened; the message masks any password.
+    """
+    problem = check_storage_url(url)
+    if problem:
+        raise StudyError(f"storage {problem[0]}; {problem[1]}")
+    try:
+        if url.startswith("journal://"):
+            # Same convention as SQLAlchemy: journal:///relative/path, journal:////absolute/path.
+            path = Path(url[len("journal:///") :])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        engine_kwargs: dict[str, Any]
+        if url.startswith("sqlite"):
+            _prepare_sqlite(url)
+            engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+        else:
+            engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 300}
+        hb: dict[str, Any] = {}
+        if heartbeat:
+            hb = {
+                "heartbeat_interval": HEARTBEAT_INTERVAL_S,
+                "grace_period": GRACE_PERIOD_S,
+                "failed_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1),
+            }
+        return RDBStorage(url, engine_kwargs=engine_kwargs, **hb)
+    except Exception as exc:  # driver errors carry the URL; never show the password
+        raise StudyError(f"cannot open storage {mask_url(url)}: {mask_url(str(exc)).splitlines()[0]}") from None

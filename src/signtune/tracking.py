@@ -1,0 +1,178 @@
+"""MLflow tracking: one experiment per study, a parent run per `study run`, a child per trial.
+
+Everything goes through ``MlflowClient`` with explicit run ids (no global active run), so the
+same code serves one process or many.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from signtune.errors import ConfigError, Problem
+from signtune.storage import mask_url
+
+# Trial states -> MLflow run states. Pruned runs end FINISHED and carry the tag
+# ``signtune.state=pruned``; MLflow has no pruned state of its own.
+RUN_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+_TRACKING_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "mysql", "http", "https", "file", "databricks")
+
+
+def check_tracking_uri(uri: str) -> tuple[str, str] | None:
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme not in _TRACKING_SCHEMES:
+        return (
+            f"must start with one of {[s + '://' for s in _TRACKING_SCHEMES]}, but got {mask_url(uri)!r}",
+            "e.g. sqlite:///studies/demo/mlflow.db or http://127.0.0.1:5000",
+        )
+    return None
+
+
+class NullTracker:
+    """Used when tracking is disabled; every call is a no-op."""
+
+    parent_run_id: str | None = None
+
+    def start_study(self, **_: Any) -> None:
+        return None
+
+    def start_trial(self, number: int, *, params: dict[str, Any], tags: dict[str, str]) -> str:
+        return ""
+
+    def log_epoch(self, run_id: str, metrics: dict[str, float], epoch: int) -> None:
+        return None
+
+    def log_summary(self, run_id: str, metrics: dict[str, float]) -> None:
+        return None
+
+    def end_trial(self, run_id: str, *, state: str, reason: str = "", wall_time_s: float = 0.0) -> None:
+        return None
+
+    def end_study(self, **_: Any) -> None:
+        return None
+
+
+class Tracker:
+    """MLflow logger for a study. Cheap to construct; connects on first use."""
+
+    def __init__(self, uri: str, experiment: str, *, artifact_dir: Path | None = None) -> None:
+        problem = check_tracking_uri(uri)
+        if problem:
+            raise ConfigError(Problem("tracking.uri", problem[0], problem[1]))
+        self.uri = uri
+        self.experiment = experiment
+        self.artifact_dir = artifact_dir
+        self.parent_run_id: str | None = None
+        self._client: Any = None
+        self._experiment_id: str | None = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            _quiet_mlflow()
+            from mlflow.tracking import MlflowClient
+
+            if self.uri.startswith("sqlite:///"):
+                Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is not None:
+                self._experiment_id = exp.experiment_id
+            else:
+                location = self.artifact_dir.resolve().as_uri() if self.artifact_dir else None
+                try:
+                    self._experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
+                except Exception:  # another process created it first
+                    self._experiment_id = self.client.get_experiment_by_name(self.experiment).experiment_id
+        return self._experiment_id  # type: ignore[return-value]
+
+    def start_study(self, *, study_name: str, storage: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        run = self.client.create_run(
+            self.experiment_id(),
+            run_name=f"{study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={
+                "signtune.role": "study",
+                "signtune.study": study_name,
+                "signtune.storage": mask_url(storage),
+                **tags,
+            },
+        )
+        self.parent_run_id = run.info.run_id
+        self._log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def start_trial(self, number: int, *, params: dict[str, Any], tags: dict[str, str]) -> str:
+        run_tags = {
+            "signtune.role": "trial",
+            "signtune.trial": str(number),
+            **{f"signtune.{k}": v for k, v in tags.items()},
+        }
+        if self.parent_run_id:
+            run_tags["mlflow.parentRunId"] = self.parent_run_id
+        run = self.client.create_run(self.experiment_id(), run_name=f"trial-{number}", tags=run_tags)
+        self._log_params(run.info.run_id, params)
+        return str(run.info.run_id)
+
+    def log_epoch(self, run_id: str, metrics: dict[str, float], epoch: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if isinstance(v, int | float)]
+        self.client.log_batch(run_id, metrics=batch)
+
+    def log_summary(self, run_id: str, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(f"best_{k}", float(v), now, 0) for k, v in metrics.items() if isinstance(v, int | float)]
+        self.client.log_batch(run_id, metrics=batch)
+
+    def end_trial(self, run_id: str, *, state: str, reason: str = "", wall_time_s: float = 0.0) -> None:
+        if not run_id:
+            return
+        self.client.set_tag(run_id, "signtune.state", state)
+        if reason:
+            self.client.set_tag(run_id, "signtune.reason", reason)
+        self.client.set_terminated(run_id, status=RUN_STATUS.get(state, "FAILED"))
+
+    def end_study(
+        self,
+        *,
+        best_value: float | None,
+        best_params: dict[str, Any],
+        export_dir: Path | None,
+        status: str = "FINISHED",
+    ) -> None:
+        if not self.parent_run_id:
+            return
+        run_id = self.parent_run_id
+        if best_value is not None:
+            self.client.log_metric(run_id, "best_value", best_value)
+            for k, v in best_params.items():
+                self.client.set_tag(run_id, f"best.{k}", str(v))
+        if export_dir is not None and export_dir.is_dir():
+            self.client.log_artifacts(run_id, str(export_dir), artifact_path="export")
+        self.client.set_terminated(run_id, status=status)
+
+    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, mask_url(str(v))[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+
+def _quiet_mlflow() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    for name in ("mlflow", "alembic", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="mlflow")
