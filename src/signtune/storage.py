@@ -37,7 +37,7 @@ def check_storage_url(url: str) -> tuple[str, str] | None:
     if scheme not in SCHEMES:
         return (
             f"must start with one of {[s + '://' for s in SCHEMES]}, but got {mask_url(url)!r}",
-            "e.g. sqlite:///studies/demo/study.db, postgresql+psycopg://user:pw@host/db or journal:///path/to/journal.log",
+            "e.g. sqlite:///studies/demo/study.db, postgresql+psycopg://USER:PASSWORD@HOST/DB or journal:///path/to/journal.log",
         )
     if scheme == "postgresql":
         return (
@@ -107,7 +107,7 @@ def create_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseS
             hb = {
                 "heartbeat_interval": HEARTBEAT_INTERVAL_S,
                 "grace_period": GRACE_PERIOD_S,
-                "failed_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1),
+                "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1),
             }
         return RDBStorage(url, engine_kwargs=engine_kwargs, **hb)
     except Exception as exc:  # driver errors carry the URL; never show the password
