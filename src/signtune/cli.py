@@ -145,6 +145,9 @@ def run(
         ),
     ] = None,
     no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,
+    workers: Annotated[int, typer.Option(help="Local worker processes (CPU); each gets a share of the cores.")] = 1,
+    gpus: Annotated[str | None, typer.Option(help="GPUs to use: 'all' or a list like 0,1,3.")] = None,
+    workers_per_gpu: Annotated[int, typer.Option("--workers-per-gpu", help="Workers sharing each GPU.")] = 1,
 ) -> None:
     """Run (or resume) a study until it has --trials finished trials."""
     import time
@@ -163,6 +166,14 @@ def run(
         "storage": storage,
         **_tracking_override(tracking_uri, no_tracking),
     }
+    gpu_list = _parse_gpus(gpus)
+    problems = []
+    if workers < 1:
+        problems.append(Problem("--workers", f"must be >= 1, but got {workers}", "e.g. --workers 2"))
+    if workers_per_gpu < 1:
+        problems.append(Problem("--workers-per-gpu", f"must be >= 1, but got {workers_per_gpu}", "e.g. 2"))
+    if problems:
+        raise ConfigError(problems)
     spec, space, task = _load(study, overrides)
     t0 = time.perf_counter()
     with err.status("Preparing data (generated on first use, then cached)..."):
@@ -195,11 +206,20 @@ def run(
             status=f"trial {number} epoch {epoch}/{spec.base.run.epochs}: {metric} {metrics.get(metric, float('nan')):.2f}",
         )
 
-    def on_trial_end(trial: Any, finished: int, best: float | None) -> None:
-        progress.update(bar, completed=finished, best=f"{best:.2f}" if best is not None else "-", status="")
+    def on_progress(finished: int, best: float | None, status: str) -> None:
+        progress.update(bar, completed=finished, best=f"{best:.2f}" if best is not None else "-", status=status)
 
     with progress:
-        summary = run_study(spec, space, task, events=RunEvents(on_start, on_trial_end, on_epoch), data_summary=data)
+        summary = run_study(
+            spec,
+            space,
+            task,
+            workers=workers,
+            gpus=gpu_list,
+            workers_per_gpu=workers_per_gpu,
+            events=RunEvents(on_start, on_progress, on_epoch),
+            data_summary=data,
+        )
     if summary.started == 0:
         out.print(
             f"Study [bold]{spec.name}[/] already has {summary.finished}/{summary.total} finished trials; nothing to run. "
@@ -211,6 +231,32 @@ def run(
             f"[yellow]Stopped by --timeout[/] after {summary.wall_time_s:.0f}s with {summary.finished}/{summary.total} finished; run again to continue."
         )
     out.print(f"Ran {summary.started} trial(s) in {summary.wall_time_s:.1f}s. Exports: {spec.dir / 'export'}")
+
+
+def _parse_gpus(gpus: str | None) -> list[int] | None:
+    """``all`` -> every visible GPU; ``0,1,3`` -> those; None -> CPU workers."""
+    if gpus is None:
+        return None
+    if gpus == "all":
+        import torch
+
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise ConfigError(
+                Problem("--gpus all", "no CUDA GPU is visible on this machine", "drop --gpus to use CPU workers")
+            )
+        return list(range(n))
+    try:
+        ids = [int(x) for x in gpus.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(
+            Problem(
+                "--gpus", f"must be 'all' or a comma-separated list of GPU ids, but got {gpus!r}", "e.g. --gpus 0,1"
+            )
+        ) from None
+    if not ids or any(i < 0 for i in ids):
+        raise ConfigError(Problem("--gpus", f"must list GPU ids >= 0, but got {gpus!r}", "e.g. --gpus 0,1"))
+    return ids
 
 
 def _print_leaderboard(spec: Any, top: int = 10) -> None:

@@ -138,7 +138,8 @@ def _plot_html(study: optuna.Study, name: str) -> str:
     except Exception as exc:  # a plot that can't be drawn must not sink the export
         return (
             "<!doctype html><meta charset='utf-8'><title>" + name + "</title>"
-            f"<p>{html.escape(name.replace('_', ' '))}: not available yet ({html.escape(str(exc))}).</p>"
+            f"<p class='signtune-unavailable'>{html.escape(name.replace('_', ' '))}: not available yet "
+            f"({html.escape(str(exc))}).</p>"
         )
     fig.update_layout(title=f"{study.study_name}: {name.replace('_', ' ')}")
     return str(fig.to_html(include_plotlyjs=True, full_html=True))

@@ -1,31 +1,39 @@
-"""The supervisor: create or load the study, hold the global budget, run trials, stop cleanly.
+"""The supervisor: create or load the study, hold the global budget, run workers, stop cleanly.
 
-``--trials N`` is the study's total of finished trials (complete + pruned). Failed trials do
-not count; their params are retried once. Ctrl-C fails the running trial with reason
-``interrupted`` (Optuna never leaves it RUNNING) and the next ``study run`` resumes.
+``--trials N`` is the study's total of finished trials (complete + pruned). Local workers
+share one counter of claimed trial slots, so a study ends with exactly N finished trials.
+Failed trials give their slot back and their params are retried once. A worker that dies
+(SIGKILL, OOM-kill) has its running trial failed at once and re-queued. Ctrl-C fails the
+running trials with reason ``interrupted``; the next ``study run`` resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from signtune.config import flatten
-from signtune.errors import StudyError
+from signtune.errors import ConfigError, StudyError
 from signtune.objective import EpochCallback, Objective
 from signtune.space import SearchSpace, check_params
 from signtune.spec import StudySpec
 from signtune.storage import create_storage, mask_url
-from signtune.tasks import Task
+from signtune.tasks import Task, get_task
 from signtune.tracking import NullTracker, Tracker
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 5
+POLL_S = 0.5
 
 
 @dataclass
@@ -33,8 +41,8 @@ class RunEvents:
     """Hooks the CLI uses to draw progress; the runner itself never prints."""
 
     on_start: Callable[[int, int], None] | None = None  # (finished, total)
-    on_trial_end: Callable[[FrozenTrial, int, float | None], None] | None = None  # (trial, finished, best)
-    on_epoch: EpochCallback | None = None
+    on_progress: Callable[[int, float | None, str], None] | None = None  # (finished, best, status)
+    on_epoch: EpochCallback | None = None  # in-process worker only
 
 
 @dataclass
@@ -42,14 +50,19 @@ class RunSummary:
     study_name: str
     total: int
     finished_before: int
-    finished: int
-    started: int
-    failed: int
-    best_value: float | None
-    best_trial: int | None
-    wall_time_s: float
-    stopped_by: str = "budget"  # budget | timeout | interrupted
+    finished: int = 0
+    started: int = 0
+    failed: int = 0
+    best_value: float | None = None
+    best_trial: int | None = None
+    wall_time_s: float = 0.0
+    stopped_by: str = "budget"  # budget | timeout | interrupted | failures
+    workers: int = 1
     data: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Study construction
 
 
 def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
@@ -100,13 +113,19 @@ def open_study(spec: StudySpec, *, create: bool = True, heartbeat: bool = True) 
     return study
 
 
+def count_states(study: optuna.Study) -> dict[TrialState, int]:
+    counts = dict.fromkeys(TrialState, 0)
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state] += 1
+    return counts
+
+
 def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
 def best_of(study: optuna.Study) -> tuple[float | None, int | None]:
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not done:
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return None, None
     best = study.best_trial
     return best.value, best.number
@@ -114,8 +133,6 @@ def best_of(study: optuna.Study) -> tuple[float | None, int | None]:
 
 def enqueue_defaults(study: optuna.Study, spec: StudySpec, space: SearchSpace) -> None:
     """Queue the spec's known-good configs once (skipped when a trial already used them)."""
-    from signtune.errors import ConfigError
-
     problems = []
     for i, params in enumerate(spec.enqueue):
         problems += check_params(space, params, f"{spec.path}: enqueue[{i}]")
@@ -125,11 +142,222 @@ def enqueue_defaults(study: optuna.Study, spec: StudySpec, space: SearchSpace) -
         study.enqueue_trial(params, user_attrs={"enqueued": True}, skip_if_exists=True)
 
 
+def retry_once(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Re-queue a failed trial's params once (not a retry's, not an interrupted one's)."""
+    if "retry_of" in trial.user_attrs or trial.user_attrs.get("reason") == "interrupted" or not trial.params:
+        return
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+
+
+# --------------------------------------------------------------------------------------------
+# Budgets
+
+
+class Budget(Protocol):
+    def claim(self) -> bool:
+        """Take one trial slot; False when the study's budget is spent."""
+        ...
+
+    def release(self) -> None:
+        """Give a slot back (its trial failed, so it does not count)."""
+        ...
+
+
+class SharedBudget:
+    """Exact budget for the workers of one supervisor: a counter of claimed slots in shared memory."""
+
+    def __init__(self, total: int, claimed: Any) -> None:
+        self.total = total
+        self.claimed = claimed  # multiprocessing.Value("i") holding finished + running
+
+    def claim(self) -> bool:
+        with self.claimed.get_lock():
+            if self.claimed.value >= self.total:
+                return False
+            self.claimed.value += 1
+            return True
+
+    def release(self) -> None:
+        with self.claimed.get_lock():
+            self.claimed.value -= 1
+
+
+class StorageBudget:
+    """Budget for independent workers (other hosts): finished + running < total, read from storage.
+
+    Workers claim without a lock between them, so each may start at most one trial too many.
+    """
+
+    def __init__(self, study: optuna.Study, total: int) -> None:
+        self.study = study
+        self.total = total
+
+    def claim(self) -> bool:
+        counts = count_states(self.study)
+        return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING] < self.total
+
+    def release(self) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# One worker
+
+
+@dataclass
+class WorkerStats:
+    started: int = 0
+    failed: int = 0
+    stopped_by: str = "budget"
+
+
+def worker_loop(
+    study: optuna.Study,
+    objective: Objective,
+    budget: Budget,
+    *,
+    deadline: float | None = None,
+    on_trial_end: Callable[[FrozenTrial], None] | None = None,
+) -> WorkerStats:
+    """Run trials one at a time while the budget and the deadline allow."""
+    stats = WorkerStats()
+    consecutive_failures = 0
+    last: list[FrozenTrial] = []
+    while True:
+        if deadline is not None and time.time() >= deadline:
+            stats.stopped_by = "timeout"
+            break
+        if not budget.claim():
+            break
+        last.clear()
+        try:
+            # n_trials=1 per call keeps the budget in our hands, while optimize() still runs
+            # the heartbeat thread and fails stale trials of dead workers on RDB storages.
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[lambda _s, t: last.append(t)])
+        except BaseException:
+            budget.release()
+            raise
+        stats.started += 1
+        trial = last[-1] if last else None
+        if trial is not None and trial.state == TrialState.FAIL:
+            stats.failed += 1
+            budget.release()
+            retry_once(study, trial)
+            consecutive_failures += 1
+            if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                stats.stopped_by = "failures"
+                error = trial.user_attrs.get("error", "see the trials' user attrs")
+                raise StudyError(f"{consecutive_failures} trials in a row failed; stopping. Last error:\n{error}")
+        else:
+            consecutive_failures = 0
+        if on_trial_end is not None and trial is not None:
+            on_trial_end(trial)
+    return stats
+
+
+def _worker_main(
+    spec: StudySpec,
+    worker_id: str,
+    claimed: Any,
+    deadline: float | None,
+    parent_run_id: str | None,
+    env: dict[str, str],
+) -> None:
+    """Entry point of a local worker process (spawned)."""
+    os.environ.update(env)  # CUDA_VISIBLE_DEVICES / thread counts, before torch is imported
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends like Ctrl-C
+    import warnings
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore")
+    from signtune.space import parse
+
+    task = get_task(spec.task)
+    space = parse(spec.search_space, known_keys=task.config_keys())
+    task.prepare(spec)
+    threads = int(env.get("SIGNTUNE_THREADS", "0"))
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    study = open_study(spec, create=False)
+    tracker = make_tracker(spec, parent_run_id)
+    objective = Objective(spec, space, task, tracker, worker_id=worker_id)
+    try:
+        stats = worker_loop(study, objective, SharedBudget(spec.budget.trials, claimed), deadline=deadline)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except StudyError:
+        raise SystemExit(3) from None
+    raise SystemExit(4 if stats.stopped_by == "failures" else 0)
+
+
+def make_tracker(spec: StudySpec, parent_run_id: str | None = None) -> Tracker | NullTracker:
+    if not spec.tracking.enabled:
+        return NullTracker()
+    tracker = Tracker(spec.tracking_uri, spec.experiment, artifact_dir=spec.dir / "mlartifacts")
+    tracker.parent_run_id = parent_run_id
+    return tracker
+
+
+# --------------------------------------------------------------------------------------------
+# Worker placement
+
+
+def plan_workers(workers: int, gpus: list[int] | None, workers_per_gpu: int) -> list[dict[str, str]]:
+    """One environment per worker: a GPU each (round robin), or a share of the CPU threads."""
+    if gpus:
+        return [{"CUDA_VISIBLE_DEVICES": str(g), "SIGNTUNE_GPU": str(g)} for g in gpus for _ in range(workers_per_gpu)]
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // max(1, workers))
+    return [
+        {"CUDA_VISIBLE_DEVICES": "", "SIGNTUNE_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+        for _ in range(workers)
+    ]
+
+
+def reap_dead(spec: StudySpec, study: optuna.Study, pids: set[int], *, reason: str = "worker_died") -> list[int]:
+    """Fail the RUNNING trials of dead local worker processes and re-queue their params once."""
+    host = socket.gethostname()
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    mine = [t for t in running if t.user_attrs.get("pid") in pids and t.user_attrs.get("host", host) == host]
+    for t in mine:
+        fail_trial(spec, study, t, reason)
+    return [t.number for t in mine]
+
+
+def fail_trial(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
+    """Mark another process's RUNNING trial failed with ``reason``; re-queue it once.
+
+    Uses the storage's public API (the trial belongs to no ``Trial`` object in this process).
+    """
+    storage = create_storage(spec.storage, heartbeat=False)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    try:
+        storage.set_trial_user_attr(trial_id, "reason", reason)
+        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            return False
+    except Exception:  # finished in the meantime: nothing to reap
+        return False
+    attrs = {**trial.user_attrs, "reason": reason}
+    if "retry_of" not in attrs and reason != "interrupted" and trial.params:
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# The supervisor
+
+
 def run_study(
     spec: StudySpec,
     space: SearchSpace,
     task: Task,
     *,
+    workers: int = 1,
+    gpus: list[int] | None = None,
+    workers_per_gpu: int = 1,
     events: RunEvents | None = None,
     data_summary: dict[str, Any] | None = None,
 ) -> RunSummary:
@@ -142,60 +370,37 @@ def run_study(
     t0 = time.perf_counter()
     total = spec.budget.trials
     study = open_study(spec)
-    study.set_user_attr("spec_hash", spec.hash())
-    study.set_user_attr("task", spec.task)
-    study.set_user_attr("metric", spec.objective.metric)
-    study.set_user_attr("search_space", str(spec.search_space))
+    for key, value in {"spec_hash": spec.hash(), "task": spec.task, "metric": spec.objective.metric}.items():
+        study.set_user_attr(key, value)
     if data_summary:
         study.set_user_attr("data", data_summary)
     finished_before = count_finished(study)
-    summary = RunSummary(
-        spec.name, total, finished_before, finished_before, 0, 0, *best_of(study), 0.0, data=data_summary or {}
-    )
+    summary = RunSummary(spec.name, total, finished_before, finished_before, data=data_summary or {})
+    summary.best_value, summary.best_trial = best_of(study)
     if finished_before >= total:
         summary.wall_time_s = time.perf_counter() - t0
         return summary
     enqueue_defaults(study, spec, space)
 
-    tracker: Tracker | NullTracker = NullTracker()
-    if spec.tracking.enabled:
-        tracker = Tracker(spec.tracking_uri, spec.experiment, artifact_dir=spec.dir / "mlartifacts")
+    tracker = make_tracker(spec)
+    if isinstance(tracker, Tracker):
         tracker.start_study(
             study_name=spec.name,
             storage=spec.storage,
             params={**flatten(spec.base), "budget.trials": total, "budget.subset": spec.budget.subset},
             tags={"signtune.spec_hash": spec.hash()},
         )
-    objective = Objective(spec, space, task, tracker, on_epoch=events.on_epoch)
     if events.on_start:
         events.on_start(finished_before, total)
-
-    deadline = t0 + spec.budget.timeout if spec.budget.timeout else None
-    consecutive_failures = 0
+    deadline = time.time() + spec.budget.timeout if spec.budget.timeout else None
+    plan = plan_workers(workers, gpus, workers_per_gpu)
+    summary.workers = len(plan)
     status = "FINISHED"
     try:
-        while summary.finished < total:
-            if deadline is not None and time.perf_counter() >= deadline:
-                summary.stopped_by = "timeout"
-                break
-            # n_trials=1 per call: the budget is re-counted from storage between trials, and
-            # optimize() keeps the heartbeat thread and stale-trial reaping of RDB storages.
-            study.optimize(objective, n_trials=1, catch=(Exception,))
-            trial = _last_trial_of(study, objective)
-            summary.started += 1
-            summary.finished = count_finished(study)
-            summary.best_value, summary.best_trial = best_of(study)
-            if trial is not None and trial.state == TrialState.FAIL:
-                summary.failed += 1
-                consecutive_failures += 1
-                _retry_once(study, trial)
-                if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
-                    reason = trial.user_attrs.get("error", "see the trials' user attrs")
-                    raise StudyError(f"{consecutive_failures} trials in a row failed; stopping. Last error:\n{reason}")
-            else:
-                consecutive_failures = 0
-            if events.on_trial_end and trial is not None:
-                events.on_trial_end(trial, summary.finished, summary.best_value)
+        if len(plan) == 1 and not gpus:
+            _run_in_process(study, spec, space, task, tracker, summary, deadline, events)
+        else:
+            _supervise(study, spec, plan, tracker, summary, deadline, events)
     except KeyboardInterrupt:
         summary.stopped_by = "interrupted"
         status = "KILLED"
@@ -205,6 +410,8 @@ def run_study(
         raise
     finally:
         summary.wall_time_s = time.perf_counter() - t0
+        summary.finished = count_finished(study)
+        summary.best_value, summary.best_trial = best_of(study)
         export_dir = None
         if status == "FINISHED":
             from signtune.export import export_study
@@ -216,25 +423,109 @@ def run_study(
     return summary
 
 
-def _last_trial_of(study: optuna.Study, objective: Objective) -> FrozenTrial | None:
+def _run_in_process(
+    study: optuna.Study,
+    spec: StudySpec,
+    space: SearchSpace,
+    task: Task,
+    tracker: Tracker | NullTracker,
+    summary: RunSummary,
+    deadline: float | None,
+    events: RunEvents,
+) -> None:
+    claimed = mp.Value("i", summary.finished_before)
+    objective = Objective(spec, space, task, tracker, on_epoch=events.on_epoch)
+
+    def on_trial_end(trial: FrozenTrial) -> None:
+        if events.on_progress:
+            best, _ = best_of(study)
+            events.on_progress(count_finished(study), best, "")
+
+    stats = worker_loop(
+        study, objective, SharedBudget(spec.budget.trials, claimed), deadline=deadline, on_trial_end=on_trial_end
+    )
+    summary.started, summary.failed, summary.stopped_by = stats.started, stats.failed, stats.stopped_by
+
+
+def _supervise(
+    study: optuna.Study,
+    spec: StudySpec,
+    plan: list[dict[str, str]],
+    tracker: Tracker | NullTracker,
+    summary: RunSummary,
+    deadline: float | None,
+    events: RunEvents,
+) -> None:
+    ctx = mp.get_context("spawn")
+    claimed = ctx.Value("i", summary.finished_before)
+    parent_run_id = tracker.parent_run_id
+    started_before = len(study.get_trials(deepcopy=False))
+    procs: dict[int, Any] = {}
+    envs: dict[int, dict[str, str]] = {}
+
+    def start(slot: int) -> None:
+        p = ctx.Process(
+            target=_worker_main,
+            args=(spec, f"{slot}", claimed, deadline, parent_run_id, plan[slot]),
+            name=f"signtune-worker-{slot}",
+        )
+        p.start()
+        procs[slot] = p
+        envs[slot] = plan[slot]
+
+    for slot in range(len(plan)):
+        start(slot)
+    dead_pids: set[int] = set()
+    try:
+        while procs:
+            time.sleep(POLL_S)
+            for slot, p in list(procs.items()):
+                if p.exitcode is None:
+                    continue
+                del procs[slot]
+                if p.exitcode in (0, 4):
+                    continue
+                if p.exitcode == 3:
+                    continue
+                # Died without cleaning up (SIGKILL, OOM-kill, crash): fail its trial now,
+                # give its slot back, and start a replacement if work remains.
+                dead_pids.add(p.pid)
+                reaped = reap_dead(spec, study, {p.pid})
+                with claimed.get_lock():
+                    claimed.value -= len(reaped)
+                if claimed.value < spec.budget.trials and (deadline is None or time.time() < deadline):
+                    start(slot)
+            if events.on_progress:
+                counts = count_states(study)
+                best, _ = best_of(study)
+                events.on_progress(
+                    counts[TrialState.COMPLETE] + counts[TrialState.PRUNED],
+                    best,
+                    f"{len(procs)} workers, {counts[TrialState.RUNNING]} running",
+                )
+    except KeyboardInterrupt:
+        _stop_workers(procs)
+        reap_dead(spec, study, {p.pid for p in procs.values()} | dead_pids, reason="interrupted")
+        raise
     trials = study.get_trials(deepcopy=False)
-    mine = [
-        t for t in trials if t.user_attrs.get("pid") == _pid() and t.user_attrs.get("worker") == objective.worker_id
-    ]
-    return mine[-1] if mine else (trials[-1] if trials else None)
+    summary.started = len(trials) - started_before
+    summary.failed = sum(t.state == TrialState.FAIL for t in trials[started_before:])
+    if deadline is not None and time.time() >= deadline and count_finished(study) < spec.budget.trials:
+        summary.stopped_by = "timeout"
 
 
-def _pid() -> int:
-    import os
-
-    return os.getpid()
-
-
-def _retry_once(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Re-queue a failed trial's params once (not its retries, not interrupted ones)."""
-    if "retry_of" in trial.user_attrs or trial.user_attrs.get("reason") == "interrupted" or not trial.params:
-        return
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+def _stop_workers(procs: dict[int, Any], grace_s: float = 20.0) -> None:
+    """Forward Ctrl-C to the workers, wait for them to mark their trials, then terminate."""
+    for p in procs.values():
+        if p.exitcode is None and p.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGINT)
+    end = time.time() + grace_s
+    for p in procs.values():
+        p.join(max(0.0, end - time.time()))
+        if p.exitcode is None:
+            p.kill()
+            p.join(5)
 
 
 def _best_params(study: optuna.Study) -> dict[str, Any]:

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from signtune.export import PLOTS, export_study
+from signtune.spec import load_spec
+
+
+def _study(n: int) -> optuna.Study:
+    study = optuna.create_study(study_name="demo", direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
+        drop = trial.suggest_float("model.dropout", 0.0, 0.4)
+        for epoch in range(1, 4):
+            trial.report(epoch * 10 * (1 - drop), epoch)
+        trial.set_user_attr("epochs_run", 3)
+        return 50 * (1 - drop) + lr
+
+    study.optimize(objective, n_trials=n)
+    return study
+
+
+def test_export_writes_every_file(study_dir: Path) -> None:
+    spec = load_spec("demo", {"budget.subset": 0.3})
+    study = _study(12)
+    out = export_study(study, spec)
+    assert out == spec.dir / "export"
+    best = json.loads((out / "best_params.json").read_text())
+    assert best["value"] == pytest.approx(study.best_value)
+    assert best["params"] == study.best_params
+    assert best["fixed"]["data.subset"] == 0.3
+    assert best["spec_hash"] == spec.hash()
+    assert "study train" in best["reproduce"]
+    assert len(list(csv.DictReader((out / "trials.csv").open()))) == 12
+    for name in PLOTS:
+        page = (out / f"{name}.html").read_text()
+        assert "plotly" in page.lower() and "signtune-unavailable" not in page, name
+    # Importances are computed on data: the dropout drives the value, the lr barely does.
+    imp = optuna.importance.get_param_importances(study)
+    assert imp["model.dropout"] > imp["optim.lr"]
+
+
+def test_export_with_no_complete_trial_says_so(study_dir: Path) -> None:
+    spec = load_spec("demo")
+    study = optuna.create_study(study_name="demo", direction="maximize")
+    out = export_study(study, spec)
+    best = json.loads((out / "best_params.json").read_text())
+    assert best["value"] is None and "no trial completed" in best["note"]
+    assert "signtune-unavailable" in (out / "param_importances.html").read_text()
+
+
+def test_failed_export_keeps_previous(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = load_spec("demo")
+    study = _study(3)
+    out = export_study(study, spec)
+    before = (out / "best_params.json").read_text()
+
+    def boom(*_a: object, **_k: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("signtune.export.write_trials_csv", boom)
+    from signtune.errors import StudyError
+
+    with pytest.raises(StudyError, match="No space left on device"):
+        export_study(_study(4), spec)
+    assert (out / "best_params.json").read_text() == before
+    assert not list(spec.dir.glob(".export-*"))
