@@ -81,7 +81,7 @@ def _print_problems(exc: SigntuneError) -> None:
 def _quiet() -> None:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="optuna")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -203,7 +203,7 @@ def run(
     def on_epoch(number: int, epoch: int, metrics: dict[str, float]) -> None:
         progress.update(
             bar,
-            status=f"trial {number} epoch {epoch}/{spec.base.run.epochs}: {metric} {metrics.get(metric, float('nan')):.2f}",
+            status=f"trial {number} epoch {epoch}/{spec.epochs}: {metric} {metrics.get(metric, float('nan')):.2f}",
         )
 
     def on_progress(finished: int, best: float | None, status: str) -> None:
@@ -368,6 +368,72 @@ def status(
                 f"{age:.0f}s",
             )
         out.print(table)
+
+
+@app.command()
+@handle_errors
+def worker(
+    study: StudyOpt = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Shared Optuna storage URL (e.g. postgresql+psycopg://...).")
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option("--trials", "-n", help="The study's total budget of finished trials.")
+    ] = None,
+    subset: Annotated[float | None, typer.Option(help="Fraction of the train split.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per trial.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds after which no new trial starts.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
+    no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,
+    worker_id: Annotated[str | None, typer.Option("--worker-id", help="Name of this worker in trial attrs.")] = None,
+    host_id: Annotated[
+        str | None, typer.Option("--host-id", help="Name of this host in trial attrs (default: hostname).")
+    ] = None,
+) -> None:
+    """Run one worker against a shared study (other hosts, SLURM, Kubernetes, compose).
+
+    It stops when the study has its budget of finished trials; each concurrent worker may
+    start at most one trial over the budget.
+    """
+    from signtune.runner import run_worker
+    from signtune.storage import mask_url
+
+    _quiet()
+    if host_id:
+        os.environ["SIGNTUNE_HOST"] = host_id
+    overrides = {
+        "budget.trials": trials,
+        "budget.subset": subset,
+        "budget.timeout": timeout,
+        "fixed.run.epochs": epochs,
+        "storage": storage,
+        **_tracking_override(tracking_uri, no_tracking),
+    }
+    spec, space, task = _load(study, overrides)
+    task.prepare(spec)
+    wid = worker_id or f"{os.environ.get('SIGNTUNE_HOST') or __import__('socket').gethostname()}-{os.getpid()}"
+    err.print(f"worker {wid} on {spec.name} at {mask_url(spec.storage)}", highlight=False)
+
+    def on_trial_end(t: Any) -> None:
+        value = "-" if t.value is None else f"{t.value:.3f}"
+        err.print(f"trial {t.number} {t.state.name.lower()} {value}", highlight=False)
+
+    stats = run_worker(spec, space, task, worker_id=wid, on_trial_end=on_trial_end)
+    out.print(f"worker {wid}: ran {stats.started} trial(s), {stats.failed} failed; stopped by {stats.stopped_by}")
+
+
+@app.command()
+@handle_errors
+def reap(
+    study: StudyOpt = None, storage: Annotated[str | None, typer.Option(help="Optuna storage URL.")] = None
+) -> None:
+    """Fail trials left RUNNING by workers that are gone (dead pid on this host, or stale heartbeat)."""
+    from signtune.runner import reap as reap_trials
+
+    _quiet()
+    spec, _, _ = _load(study, {"storage": storage})
+    numbers = reap_trials(spec)
+    out.print(f"reaped {len(numbers)} trial(s): {numbers}" if numbers else "no abandoned trials")
 
 
 @app.command()

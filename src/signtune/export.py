@@ -18,7 +18,6 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from signtune.config import flatten
 from signtune.errors import StudyError
 from signtune.spec import StudySpec
 from signtune.storage import mask_url
@@ -71,8 +70,9 @@ def best_params_doc(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
         doc.update(value=None, trial=None, params={}, note="no trial completed yet")
         return doc
     best = study.best_trial
-    fixed = flatten(spec.base)
-    fixed["data.subset"] = spec.budget.subset
+    from signtune.tasks import get_task
+
+    fixed = get_task(spec.task).fixed_config(spec)
     doc.update(
         value=best.value,
         trial=best.number,

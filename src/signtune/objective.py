@@ -14,7 +14,6 @@ from typing import Any
 
 import optuna
 
-from signtune.config import apply_overrides
 from signtune.errors import SigntuneError, StopTrial
 from signtune.space import SearchSpace, suggest
 from signtune.spec import StudySpec
@@ -52,21 +51,23 @@ class Objective:
         self.tracker = tracker
         self.worker_id = worker_id
         self.on_epoch = on_epoch
-        self.device = resolve_device(spec.base.run.device)
+        self.device = resolve_device(spec.device)
 
     def __call__(self, trial: optuna.Trial) -> float:
         spec = self.spec
         metric = spec.objective.metric
         values = suggest(trial, self.space)
-        cfg = apply_overrides(spec.base, {**values, "data.subset": spec.budget.subset})
+        cfg = self.task.make_config(spec, values)
         started = time.perf_counter()
         attrs: dict[str, Any] = {
-            "seed": cfg.run.seed,
+            "seed": spec.seed,
             "device": self.device,
-            "host": socket.gethostname(),
+            "host": os.environ.get("SIGNTUNE_HOST") or socket.gethostname(),
             "worker": self.worker_id,
             "pid": os.getpid(),
-            "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", "") if self.device.startswith("cuda") else "",
+            "gpu": os.environ.get("SIGNTUNE_GPU", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+            if self.device.startswith("cuda")
+            else "",
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
@@ -90,7 +91,7 @@ class Objective:
 
         ctx = TrialContext(
             device=self.device,
-            seed=cfg.run.seed,
+            seed=spec.seed,
             subset=spec.budget.subset,
             trial_number=trial.number,
             scratch_dir=Path(tempfile.gettempdir()) / f"signtune-{spec.name}-{trial.number}",

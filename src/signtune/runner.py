@@ -22,7 +22,6 @@ from typing import Any, Protocol
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from signtune.config import flatten
 from signtune.errors import ConfigError, StudyError
 from signtune.objective import EpochCallback, Objective
 from signtune.space import SearchSpace, check_params
@@ -80,7 +79,7 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
         return optuna.pruners.NopPruner()
     if p.name == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=p.min_resource, max_resource=spec.base.run.epochs, reduction_factor=p.reduction_factor
+            min_resource=p.min_resource, max_resource=spec.epochs, reduction_factor=p.reduction_factor
         )
     return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
 
@@ -268,7 +267,7 @@ def _worker_main(
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends like Ctrl-C
     import warnings
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore")
     from signtune.space import parse
 
@@ -316,9 +315,14 @@ def plan_workers(workers: int, gpus: list[int] | None, workers_per_gpu: int) -> 
     ]
 
 
+def host_id() -> str:
+    """This machine's name in trial user attrs (``SIGNTUNE_HOST`` overrides the hostname)."""
+    return os.environ.get("SIGNTUNE_HOST") or socket.gethostname()
+
+
 def reap_dead(spec: StudySpec, study: optuna.Study, pids: set[int], *, reason: str = "worker_died") -> list[int]:
     """Fail the RUNNING trials of dead local worker processes and re-queue their params once."""
-    host = socket.gethostname()
+    host = host_id()
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     mine = [t for t in running if t.user_attrs.get("pid") in pids and t.user_attrs.get("host", host) == host]
     for t in mine:
@@ -387,7 +391,7 @@ def run_study(
         tracker.start_study(
             study_name=spec.name,
             storage=spec.storage,
-            params={**flatten(spec.base), "budget.trials": total, "budget.subset": spec.budget.subset},
+            params={**task.fixed_config(spec), "budget.trials": total},
             tags={"signtune.spec_hash": spec.hash()},
         )
     if events.on_start:
@@ -533,3 +537,55 @@ def _best_params(study: optuna.Study) -> dict[str, Any]:
         return dict(study.best_params)
     except ValueError:
         return {}
+
+
+def run_worker(
+    spec: StudySpec,
+    space: SearchSpace,
+    task: Task,
+    *,
+    worker_id: str,
+    on_trial_end: Callable[[FrozenTrial], None] | None = None,
+) -> WorkerStats:
+    """One independent worker (another host, SLURM, compose) on an existing or new study.
+
+    It honours the study's budget by reading it from storage before each trial; with W such
+    workers the study may end with up to W - 1 trials over the budget.
+    """
+    study = open_study(spec)
+    enqueue_defaults(study, spec, space)
+    tracker = make_tracker(spec)
+    objective = Objective(spec, space, task, tracker, worker_id=worker_id)
+    deadline = time.time() + spec.budget.timeout if spec.budget.timeout else None
+    return worker_loop(
+        study, objective, StorageBudget(study, spec.budget.trials), deadline=deadline, on_trial_end=on_trial_end
+    )
+
+
+def pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap(spec: StudySpec) -> list[int]:
+    """Fail trials left RUNNING by workers that are gone: on this host by pid, elsewhere by heartbeat."""
+    study = open_study(spec, create=False)
+    host = host_id()
+    gone = {
+        t.user_attrs.get("pid")
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.user_attrs.get("host") == host and not pid_alive(t.user_attrs.get("pid"))
+    }
+    reaped = reap_dead(spec, study, {p for p in gone if isinstance(p, int)})
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    with contextlib.suppress(Exception):  # heartbeats exist on RDB storages only
+        optuna.storages.fail_stale_trials(study)
+    after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    return sorted(set(reaped) | (before - after))

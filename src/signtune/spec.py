@@ -22,6 +22,7 @@ SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "none")
 DIRECTIONS = ("maximize", "minimize")
 DEFAULT_STUDIES_DIR = Path("studies")
+BUILTIN_TASKS = ("sign2text",)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class StudySpec:
     task: str
     search_space: Path
     base: TrainConfig
+    fixed: dict[str, Any]
+    epochs: int
     synthetic: SynthSpec | None
     objective: ObjectiveSpec
     sampler: SamplerSpec
@@ -101,6 +104,14 @@ class StudySpec:
     @property
     def experiment(self) -> str:
         return self.tracking.experiment or self.name
+
+    @property
+    def seed(self) -> int:
+        return int(self.fixed.get("run.seed", self.base.run.seed))
+
+    @property
+    def device(self) -> str:
+        return str(self.fixed.get("run.device", self.base.run.device))
 
     @property
     def data_root(self) -> Path:
@@ -317,13 +328,19 @@ def load_spec(study: str | Path | None = None, overrides: dict[str, Any] | None 
 
     fixed = r.section(raw, "fixed")
     base = TrainConfig()
-    for prefix, values in (("", {f"data.{k}": v for k, v in data.items()}), ("fixed.", fixed)):
-        try:
-            base = apply_overrides(base, values)
-        except ConfigError as exc:
-            for p in exc.problems:
-                key = p.where.split(": ", 1)[-1]
-                r.add(prefix + key, p.message, p.fix)
+    if task in BUILTIN_TASKS:
+        # The built-in task's config is typed: every data.* and fixed key is checked here.
+        for prefix, values in (("", {f"data.{k}": v for k, v in data.items()}), ("fixed.", fixed)):
+            try:
+                base = apply_overrides(base, values)
+            except ConfigError as exc:
+                for p in exc.problems:
+                    key = p.where.split(": ", 1)[-1]
+                    r.add(prefix + key, p.message, p.fix)
+    epochs = fixed.get("run.epochs", base.run.epochs)
+    if isinstance(epochs, bool) or not isinstance(epochs, int):
+        r.add("fixed.run.epochs", f"must be an integer, but got {epochs!r}", "e.g. --epochs 8")
+        epochs = 1
 
     objective = r.dataclass_from(ObjectiveSpec, r.section(raw, "objective"), "objective")
     sampler = r.dataclass_from(SamplerSpec, r.section(raw, "sampler"), "sampler")
@@ -353,8 +370,8 @@ def load_spec(study: str | Path | None = None, overrides: dict[str, Any] | None 
             f"must be >= 2, but got {pruner.reduction_factor}",
             "hyperband halves with 2, thirds with 3",
         )
-    if base.run.epochs < 1:
-        r.add("fixed.run.epochs", f"must be >= 1, but got {base.run.epochs}", "e.g. --epochs 8")
+    if epochs < 1:
+        r.add("fixed.run.epochs", f"must be >= 1, but got {epochs}", "e.g. --epochs 8")
 
     storage = raw.get("storage") or f"sqlite:///{(path.parent / 'study.db').as_posix()}"
     if not isinstance(storage, str):
@@ -396,6 +413,8 @@ def load_spec(study: str | Path | None = None, overrides: dict[str, Any] | None 
         task=task,
         search_space=search_space,
         base=base,
+        fixed=dict(fixed),
+        epochs=epochs,
         synthetic=synthetic,
         objective=objective,
         sampler=sampler,

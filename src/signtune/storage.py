@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -16,6 +18,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from signtune.errors import StudyError
 
+T = TypeVar("T")
 SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "journal")
 # A heartbeat every 60 s, and a trial is stale after 10 min without one: long enough for an
 # evaluation pass over a large validation split, short enough to recover a dead host's slot.
@@ -76,6 +79,22 @@ def _prepare_sqlite(url: str) -> None:
         con.close()
 
 
+TRANSIENT = ("database is locked", "already exists", "could not connect", "connection refused", "server closed")
+
+
+def _with_retry(make: Callable[[], T], attempts: int = 6) -> T:
+    """Retry transient errors: two processes creating the schema at once, a locked SQLite
+    file, or a PostgreSQL server that is restarting."""
+    for attempt in range(attempts):
+        try:
+            return make()
+        except Exception as exc:
+            if attempt == attempts - 1 or not any(t in str(exc).lower() for t in TRANSIENT):
+                raise
+            time.sleep(0.25 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 def create_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseStorage:
     """Open the Optuna storage at ``url``.
 
@@ -109,6 +128,6 @@ def create_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseS
                 "grace_period": GRACE_PERIOD_S,
                 "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1),
             }
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **hb)
+        return _with_retry(lambda: RDBStorage(url, engine_kwargs=engine_kwargs, **hb))
     except Exception as exc:  # driver errors carry the URL; never show the password
         raise StudyError(f"cannot open storage {mask_url(url)}: {mask_url(str(exc)).splitlines()[0]}") from None

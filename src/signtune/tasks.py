@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from signtune.config import TrainConfig, config_keys
+from signtune.config import TrainConfig, apply_overrides, config_keys, flatten
 from signtune.errors import ConfigError, Problem
 
 ReportFn = Callable[[int, dict[str, float]], None]
@@ -46,8 +46,16 @@ class Task(Protocol):
 
     name: str
 
-    def config_keys(self) -> set[str]:
-        """Dotted config keys a search space or ``fixed:`` block may set."""
+    def config_keys(self) -> set[str] | None:
+        """Dotted config keys a search space or ``fixed:`` block may set (None: any)."""
+        ...
+
+    def make_config(self, spec: Any, values: dict[str, Any]) -> Any:
+        """The config one trial trains: the spec's fixed values, then the trial's ``values``."""
+        ...
+
+    def fixed_config(self, spec: Any) -> dict[str, Any]:
+        """The flat config every trial shares (for exports and MLflow)."""
         ...
 
     def prepare(self, spec: Any) -> dict[str, Any]:
@@ -57,7 +65,7 @@ class Task(Protocol):
         """
         ...
 
-    def fit(self, cfg: TrainConfig, report: ReportFn, ctx: TrialContext) -> TaskResult:
+    def fit(self, cfg: Any, report: ReportFn, ctx: TrialContext) -> TaskResult:
         """Train ``cfg``; call ``report`` once per epoch (1-based) with the metrics."""
         ...
 
@@ -70,8 +78,14 @@ class Sign2TextTask:
     def __init__(self) -> None:
         self._spec: Any = None
 
-    def config_keys(self) -> set[str]:
+    def config_keys(self) -> set[str] | None:
         return set(config_keys())
+
+    def make_config(self, spec: Any, values: dict[str, Any]) -> TrainConfig:
+        return apply_overrides(spec.base, {**values, "data.subset": spec.budget.subset})
+
+    def fixed_config(self, spec: Any) -> dict[str, Any]:
+        return {**flatten(spec.base), "data.subset": spec.budget.subset}
 
     def prepare(self, spec: Any) -> dict[str, Any]:
         from signtune.data.dataset import load_task_data
@@ -124,12 +138,97 @@ class Sign2TextTask:
         )
 
 
+PluginFn = Callable[[dict[str, Any], ReportFn, TrialContext], Any]
+
+
+class PluginTask:
+    """A user trainer named ``package.module:function`` in study.yaml.
+
+    The function receives ``(config, report, context)``: ``config`` is a plain dict of the
+    spec's ``fixed`` values plus the trial's searched values (dotted keys, plus
+    ``data.subset``); ``report(epoch, metrics)`` logs a dict of numbers and may raise
+    ``StopTrial`` to prune; it returns its final metrics as a dict of numbers.
+    """
+
+    def __init__(self, ref: str, fn: PluginFn) -> None:
+        self.name = ref
+        self.fn = fn
+
+    def config_keys(self) -> set[str] | None:
+        return None
+
+    def make_config(self, spec: Any, values: dict[str, Any]) -> dict[str, Any]:
+        return {**spec.fixed, **values, "data.subset": spec.budget.subset}
+
+    def fixed_config(self, spec: Any) -> dict[str, Any]:
+        return {**spec.fixed, "data.subset": spec.budget.subset}
+
+    def prepare(self, spec: Any) -> dict[str, Any]:
+        prepare = getattr(self.fn, "prepare", None)
+        return dict(prepare(spec)) if callable(prepare) else {}
+
+    def fit(self, cfg: Any, report: ReportFn, ctx: TrialContext) -> TaskResult:
+        epochs = 0
+
+        def counting_report(epoch: int, metrics: dict[str, float]) -> None:
+            nonlocal epochs
+            epochs = max(epochs, int(epoch))
+            report(epoch, metrics)
+
+        out = self.fn(dict(cfg), counting_report, ctx)
+        if isinstance(out, TaskResult):
+            return out
+        if not isinstance(out, dict) or not out:
+            raise TypeError(f"task {self.name} returned {out!r}; it must return a dict of metric names to numbers")
+        bad = {k: v for k, v in out.items() if isinstance(v, bool) or not isinstance(v, int | float)}
+        if bad:
+            raise TypeError(f"task {self.name} returned non-numeric metrics {bad!r}; return numbers only")
+        return TaskResult(metrics={k: float(v) for k, v in out.items()}, epochs_run=epochs, device=ctx.device)
+
+
 BUILTIN: dict[str, Callable[[], Task]] = {"sign2text": Sign2TextTask}
 
 
+def load_plugin(ref: str, *, where: str = "task") -> PluginTask:
+    """Import ``package.module:function``; every failure names the reference and the fix."""
+    import importlib
+
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(
+            Problem(
+                where, f"unknown task {ref!r}", f"use one of {sorted(BUILTIN)} or a plug-in as package.module:function"
+            )
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            Problem(
+                where,
+                f"cannot import module {module_name!r} of task {ref!r} ({exc})",
+                "install the package or add its folder to PYTHONPATH",
+            )
+        ) from None
+    except Exception as exc:  # the plug-in's own import-time error
+        raise ConfigError(
+            Problem(
+                where, f"importing {module_name!r} of task {ref!r} raised {type(exc).__name__}: {exc}", "fix the module"
+            )
+        ) from None
+    fn = getattr(module, attr, None)
+    if fn is None or not callable(fn):
+        raise ConfigError(
+            Problem(
+                where, f"module {module_name!r} has no callable {attr!r}", "check the function name after the colon"
+            )
+        )
+    return PluginTask(ref, fn)
+
+
 def get_task(name: str, *, where: str = "task") -> Task:
-    """Look up a task by name; unknown names list the valid ones."""
+    """A built-in task by name, or a plug-in ``package.module:function``."""
     factory = BUILTIN.get(name)
-    if factory is None:
-        raise ConfigError(Problem(where, f"unknown task {name!r}", f"use one of {sorted(BUILTIN)}"))
-    return factory()
+    if factory is not None:
+        return factory()
+    return load_plugin(name, where=where)

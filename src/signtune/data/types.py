@@ -1,0 +1,80 @@
+"""Data contracts shared by the data loaders and the trainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+PAD_ID = 0
+BOS_ID = 1
+EOS_ID = 2
+UNK_ID = 3
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+class TextTokenizer(Protocol):
+    """What the trainer needs from a tokenizer. Ids 0-3 are pad, bos, eos, unk."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without bos/eos."""
+        ...
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ``ids``; special tokens are skipped."""
+        ...
+
+
+@dataclass
+class Split:
+    """One split, loaded into memory. Lists are aligned by index."""
+
+    name: str
+    ids: list[str]
+    texts: list[str]
+    features: list[np.ndarray]  # each float32 (T, D)
+    token_ids: list[list[int]]  # encode(text), without bos/eos
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class TaskData:
+    """Everything a sign-to-text trainer reads."""
+
+    train: Split
+    val: Split
+    test: Split | None
+    tokenizer: TextTokenizer
+    feature_dim: int
+
+
+@dataclass
+class Batch:
+    """A padded batch.
+
+    ``tgt_in`` is ``[bos] + tokens`` and ``tgt_out`` is ``tokens + [eos]``, both padded with
+    ``PAD_ID``; ``src_mask`` is True on real frames.
+    """
+
+    src: torch.Tensor  # (B, T, D) float32
+    src_mask: torch.Tensor  # (B, T) bool
+    tgt_in: torch.Tensor  # (B, L) long
+    tgt_out: torch.Tensor  # (B, L) long
+    index: list[int]  # positions of the rows in the split
+
+    def to(self, device: torch.device) -> Batch:
+        nb = device.type == "cuda"
+        return Batch(
+            self.src.to(device, non_blocking=nb),
+            self.src_mask.to(device, non_blocking=nb),
+            self.tgt_in.to(device, non_blocking=nb),
+            self.tgt_out.to(device, non_blocking=nb),
+            self.index,
+        )
