@@ -126,12 +126,13 @@ class Objective:
         if value is None or not math.isfinite(float(value)):
             finish("failed", "no_metric", error=f"task returned no finite {metric!r}: {result.metrics}")
             raise RuntimeError(f"task returned no finite {metric!r} in {sorted(result.metrics)}")
+        extra: dict[str, Any] = {k: v for k, v in result.attrs.items() if isinstance(v, str | int | float)}
         finish(
             "complete",
             epochs_run=result.epochs_run,
             n_params=result.n_params,
             best_epoch=int(result.metrics.get("epoch", result.epochs_run)),
-            **{k: v for k, v in result.attrs.items() if isinstance(v, str | int | float)},
+            **extra,
         )
         self.tracker.log_summary(run_id, result.metrics)
         return float(value)

@@ -33,6 +33,7 @@ from signtune.tracking import NullTracker, Tracker
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 5
 POLL_S = 0.5
+WORKER_GAVE_UP = 3  # exit code of a worker that stopped after too many failures in a row
 
 
 @dataclass
@@ -229,13 +230,11 @@ def worker_loop(
         if not budget.claim():
             break
         last.clear()
-        try:
-            # n_trials=1 per call keeps the budget in our hands, while optimize() still runs
-            # the heartbeat thread and fails stale trials of dead workers on RDB storages.
-            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[lambda _s, t: last.append(t)])
-        except BaseException:
-            budget.release()
-            raise
+        # n_trials=1 per call keeps the budget in our hands, while optimize() still runs the
+        # heartbeat thread and fails stale trials of dead workers on RDB storages. If it raises
+        # (Ctrl-C, storage gone), the slot is not given back here: a trial left RUNNING is
+        # reaped by the supervisor, which gives its slot back then.
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[lambda _s, t: last.append(t)])
         stats.started += 1
         trial = last[-1] if last else None
         if trial is not None and trial.state == TrialState.FAIL:
@@ -287,8 +286,8 @@ def _worker_main(
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except StudyError:
-        raise SystemExit(3) from None
-    raise SystemExit(4 if stats.stopped_by == "failures" else 0)
+        raise SystemExit(WORKER_GAVE_UP) from None
+    raise SystemExit(0 if stats.stopped_by != "failures" else WORKER_GAVE_UP)
 
 
 def make_tracker(spec: StudySpec, parent_run_id: str | None = None) -> Tracker | NullTracker:
@@ -480,6 +479,8 @@ def _supervise(
     for slot in range(len(plan)):
         start(slot)
     dead_pids: set[int] = set()
+    restarts = 0
+    max_restarts = 3 * len(plan)
     try:
         while procs:
             time.sleep(POLL_S)
@@ -487,21 +488,37 @@ def _supervise(
                 if p.exitcode is None:
                     continue
                 del procs[slot]
-                if p.exitcode in (0, 4):
+                if p.exitcode == 0:
                     continue
-                if p.exitcode == 3:
-                    continue
+                if p.exitcode == WORKER_GAVE_UP:
+                    _stop_workers(procs)
+                    last = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
+                    error = last[-1].user_attrs.get("error", "see the trials' user attrs") if last else "unknown"
+                    raise StudyError(
+                        f"worker {slot} stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row. "
+                        f"Last error:\n{error}"
+                    )
                 # Died without cleaning up (SIGKILL, OOM-kill, crash): fail its trial now,
                 # give its slot back, and start a replacement if work remains.
                 dead_pids.add(p.pid)
                 reaped = reap_dead(spec, study, {p.pid})
                 with claimed.get_lock():
                     claimed.value -= len(reaped)
+                if restarts >= max_restarts:
+                    _stop_workers(procs)
+                    raise StudyError(
+                        f"workers died {restarts} times (last exit code {p.exitcode}); stopping. "
+                        "Run `study status` and check the failed trials' error attrs."
+                    )
                 if claimed.value < spec.budget.trials and (deadline is None or time.time() < deadline):
+                    restarts += 1
                     start(slot)
             if events.on_progress:
-                counts = count_states(study)
-                best, _ = best_of(study)
+                try:
+                    counts = count_states(study)
+                    best, _ = best_of(study)
+                except Exception:  # storage briefly unreachable (e.g. a server restart): draw later
+                    continue
                 events.on_progress(
                     counts[TrialState.COMPLETE] + counts[TrialState.PRUNED],
                     best,

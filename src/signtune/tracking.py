@@ -92,7 +92,7 @@ class Tracker:
                     self._experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
                 except Exception:  # another process created it first
                     self._experiment_id = self.client.get_experiment_by_name(self.experiment).experiment_id
-        return self._experiment_id  # type: ignore[return-value]
+        return self._experiment_id
 
     def start_study(self, *, study_name: str, storage: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         run = self.client.create_run(

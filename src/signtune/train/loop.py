@@ -1,0 +1,323 @@
+"""The training loop. ``fit`` holds all of it and reads top to bottom; helpers are small.
+
+Speed notes, since this loop is benchmarked: batches arrive as padded tensors (no per-sample
+Python work in the step), attention is SDPA, the loss is summed on the device and read once
+per epoch (no host sync per step), gradients are freed with ``set_to_none=True``, AdamW is
+foreach (CPU) or fused (CUDA), and bf16 autocast is used on CUDA only.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from signtune.config import EvalConfig, TrainConfig
+from signtune.data.types import BOS_ID, EOS_ID, PAD_ID, Split, TaskData, TextTokenizer
+from signtune.errors import ConfigError, DataError, Diverged, Problem
+from signtune.models import build_model
+from signtune.train.decode import IncrementalDecoder, beam_search, greedy_decode
+from signtune.train.metrics import corpus_scores
+from signtune.train.optim import build_optimizer
+from signtune.train.schedule import build_scheduler
+
+# A diverged run is caught mid-epoch by peeking at the summed loss every this many steps:
+# one host sync per 100 steps, against finishing a long epoch of NaN updates.
+DIVERGENCE_CHECK_EVERY = 100
+
+
+@dataclass
+class FitResult:
+    """What one training run produced.
+
+    Attributes:
+        best: the metrics of the epoch with the highest ``val_bleu``, including ``epoch``.
+        history: the metrics of every epoch run, in order, each including ``epoch``.
+        epochs_run: epochs completed (fewer than ``run.epochs`` if ``should_stop`` said so).
+        n_params: trainable and frozen parameters of the model.
+        device: where it trained, e.g. ``cpu`` or ``cuda:0``.
+        wall_time_s: seconds from the start of ``fit`` to its return.
+        bleu_signature: sacrebleu's BLEU signature of the validation scores.
+        model: the trained model (last epoch's weights); not compared.
+    """
+
+    best: dict[str, float]
+    history: list[dict[str, float]]
+    epochs_run: int
+    n_params: int
+    device: str
+    wall_time_s: float
+    bleu_signature: str
+    model: nn.Module | None = field(default=None, compare=False, repr=False)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> ``cuda`` if available else ``cpu``; otherwise the named device.
+
+    Raises:
+        ConfigError: the name is not a device, or names CUDA on a machine without it.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(
+            Problem("run.device", f"is not a device: {name!r} ({exc})", "use auto, cpu or cuda:N")
+        ) from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            Problem("run.device", f"is {name!r}, but CUDA is not available", "use auto or cpu")
+        )
+    return device
+
+
+def _autocast(device: torch.device, amp: bool) -> AbstractContextManager[object]:
+    """bf16 autocast on CUDA when ``amp``; nothing on CPU (bf16 there is slower, not faster)."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def fit(
+    cfg: TrainConfig,
+    data: TaskData,
+    *,
+    report: Callable[[int, dict[str, float]], None] | None = None,
+    device: torch.device | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FitResult:
+    """Train a ``SignTransformer`` on ``data.train``, scoring ``data.val`` after each epoch.
+
+    Args:
+        cfg: the whole config.
+        data: the splits and the tokenizer.
+        report: called after each epoch as ``report(epoch, metrics)`` (epochs count from 1)
+            with ``train_loss``, ``val_bleu``, ``val_chrf``, ``lr``, ``epoch_time_s`` (training
+            only) and ``eval_time_s``. It may raise ``StopTrial`` (e.g. pruned) to end the run;
+            the exception propagates.
+        device: overrides ``cfg.run.device``.
+        should_stop: asked after each epoch; True ends training early (the result is kept).
+
+    Returns:
+        The best epoch's metrics, the history, and the trained model.
+
+    Raises:
+        Diverged: the training loss became NaN or infinite.
+        StopTrial: raised by ``report``.
+        ConfigError: an invalid model shape or device.
+        DataError: the training split gives no batches.
+    """
+    # Imported here: the data package owns batching and must not be needed to import this.
+    from signtune.data.batching import make_batches
+
+    started = time.perf_counter()
+    seed_everything(cfg.run.seed)
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    device = device if device is not None else resolve_device(cfg.run.device)
+    amp = cfg.run.amp and device.type == "cuda"
+
+    model = build_model(
+        cfg.model, feature_dim=data.feature_dim, vocab_size=data.tokenizer.vocab_size
+    ).to(device)
+    optimizer = build_optimizer(model.named_groups(), cfg.optim, device)
+
+    batches = make_batches(
+        data.train,
+        cfg.data.batch_size,
+        shuffle=True,
+        seed=cfg.run.seed + 1,
+        max_frames=cfg.data.max_frames,
+    )
+    if not batches:
+        raise DataError(
+            Problem("data.train", "gives no batches (the split is empty)", "check data.subset")
+        )
+    # Length-aware batching may give a few more or fewer batches in later epochs; the
+    # schedule then ends at min_lr a little early or stays there, which is harmless.
+    total_steps = cfg.run.epochs * len(batches)
+    scheduler = build_scheduler(
+        optimizer,
+        total_steps=total_steps,
+        warmup_ratio=cfg.schedule.warmup_ratio,
+        name=cfg.schedule.name,
+        min_lr_ratio=cfg.schedule.min_lr_ratio,
+    )
+
+    history: list[dict[str, float]] = []
+    best: dict[str, float] = {}
+    bleu_signature = ""
+    step = 0
+    for epoch in range(1, cfg.run.epochs + 1):
+        epoch_started = time.perf_counter()
+        if epoch > 1:
+            batches = make_batches(
+                data.train,
+                cfg.data.batch_size,
+                shuffle=True,
+                seed=cfg.run.seed + epoch,
+                max_frames=cfg.data.max_frames,
+            )
+
+        model.train()
+        # Summed on the device: .item() is a host sync (on GPU it drains the launch queue),
+        # so the loss is read once per epoch, not per step.
+        loss_sum = torch.zeros((), device=device)
+        for i, cpu_batch in enumerate(batches, start=1):
+            batch = cpu_batch.to(device)
+            with _autocast(device, amp):
+                logits = model(batch.src, batch.src_mask, batch.tgt_in)
+            loss = F.cross_entropy(
+                logits.float().flatten(0, 1),
+                batch.tgt_out.flatten(),
+                ignore_index=PAD_ID,
+                label_smoothing=cfg.loss.label_smoothing,
+            )
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip, foreach=True)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+            step += 1
+            if i % DIVERGENCE_CHECK_EVERY == 0 and not bool(torch.isfinite(loss_sum)):
+                raise Diverged(f"train loss {loss_sum.item()} at epoch {epoch}, step {step}")
+        train_loss = (loss_sum / len(batches)).item()  # the epoch's one host sync
+        if not math.isfinite(train_loss):
+            raise Diverged(f"train loss {train_loss} at epoch {epoch}")
+        epoch_time = time.perf_counter() - epoch_started
+
+        # Validation uses greedy decoding whatever eval.beam_size says: it runs every epoch
+        # of every trial, where beam search would cost several times more.
+        eval_started = time.perf_counter()
+        scores, _ = evaluate(
+            model,
+            data.val,
+            data.tokenizer,
+            cfg.eval,
+            device,
+            beam_size=1,
+            amp=amp,
+            max_frames=cfg.data.max_frames,
+        )
+        eval_time = time.perf_counter() - eval_started
+        bleu_signature = str(scores["bleu_signature"])
+
+        metrics: dict[str, float] = {
+            "train_loss": train_loss,
+            "val_bleu": float(scores["bleu"]),
+            "val_chrf": float(scores["chrf"]),
+            # The base lr (ratio-1 groups) of the epoch's last step.
+            "lr": cfg.optim.lr * scheduler.lr_lambdas[0](step - 1),
+            "epoch_time_s": epoch_time,
+            "eval_time_s": eval_time,
+        }
+        history.append({"epoch": float(epoch), **metrics})
+        if not best or metrics["val_bleu"] > best["val_bleu"]:
+            best = history[-1]
+        if report is not None:
+            # May raise StopTrial (pruned); it propagates. This epoch is already in the
+            # history and in ``best``, and the caller has seen every epoch's metrics.
+            report(epoch, metrics)
+        if should_stop is not None and should_stop():
+            break
+
+    return FitResult(
+        best=dict(best),
+        history=history,
+        epochs_run=len(history),
+        n_params=sum(p.numel() for p in model.parameters()),
+        device=str(device),
+        wall_time_s=time.perf_counter() - started,
+        bleu_signature=bleu_signature,
+        model=model,
+    )
+
+
+def _pad_frames(
+    features: list[np.ndarray], max_frames: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``(T_i, D)`` arrays into ``(B, T, D)`` frames and a ``(B, T)`` real-frame mask."""
+    lengths = [len(f) if max_frames is None else min(len(f), max_frames) for f in features]
+    frames = np.zeros((len(features), max(lengths), features[0].shape[1]), dtype=np.float32)
+    mask = np.zeros((len(features), max(lengths)), dtype=bool)
+    for row, (f, n) in enumerate(zip(features, lengths, strict=True)):
+        frames[row, :n] = f[:n]
+        mask[row, :n] = True
+    return torch.from_numpy(frames), torch.from_numpy(mask)
+
+
+def evaluate(
+    model: IncrementalDecoder[Any],
+    split: Split,
+    tokenizer: TextTokenizer,
+    cfg: EvalConfig,
+    device: torch.device,
+    *,
+    beam_size: int | None = None,
+    amp: bool = False,
+    max_frames: int | None = None,
+) -> tuple[dict[str, float | str], list[str]]:
+    """Decode a whole split and score it against its texts.
+
+    Sentences are decoded in batches of ``cfg.batch_size`` sorted by length (less padding,
+    and rows of a batch finish at similar steps); hypotheses come back in split order.
+
+    Args:
+        model: the model, on ``device`` (any ``IncrementalDecoder``, e.g. ``SignTransformer``).
+        split: the split to translate; ``split.texts`` are the references.
+        tokenizer: turns token ids back into text.
+        cfg: decoding length, batch size, and BLEU tokenizer and case.
+        device: where the model is.
+        beam_size: greedy if 1, beam search otherwise; None uses ``cfg.beam_size``.
+        amp: bf16 autocast (CUDA only).
+        max_frames: keep at most this many leading frames of each clip, as in training.
+
+    Returns:
+        ``corpus_scores`` of the split (``bleu``, ``chrf``, ``bleu1``..``bleu4``, signatures)
+        and the hypotheses in split order.
+    """
+    beam = cfg.beam_size if beam_size is None else beam_size
+    order = sorted(range(len(split)), key=lambda i: len(split.features[i]), reverse=True)
+    hyps: list[str] = [""] * len(split)
+    for start in range(0, len(order), cfg.batch_size):
+        index = order[start : start + cfg.batch_size]
+        src, src_mask = _pad_frames([split.features[i] for i in index], max_frames)
+        src, src_mask = src.to(device), src_mask.to(device)
+        with _autocast(device, amp):
+            if beam == 1:
+                ids = greedy_decode(
+                    model, src, src_mask, max_len=cfg.max_len, bos_id=BOS_ID, eos_id=EOS_ID
+                )
+            else:
+                ids = beam_search(
+                    model,
+                    src,
+                    src_mask,
+                    beam_size=beam,
+                    max_len=cfg.max_len,
+                    bos_id=BOS_ID,
+                    eos_id=EOS_ID,
+                )
+        for i, row in zip(index, ids, strict=True):
+            hyps[i] = tokenizer.decode(row)
+    scores = corpus_scores(hyps, split.texts, tokenize=cfg.bleu_tokenize, lowercase=cfg.lowercase)
+    return scores, hyps
