@@ -71,3 +71,21 @@ def test_failed_export_keeps_previous(study_dir: Path, monkeypatch: pytest.Monke
         export_study(_study(4), spec)
     assert (out / "best_params.json").read_text() == before
     assert not list(spec.dir.glob(".export-*"))
+
+
+def test_report_is_one_self_contained_file(study_dir: Path) -> None:
+    spec = load_spec("demo", {"storage": "postgresql+psycopg://bob:hunter2@db/x"})
+    study = _study(10)
+    t = study.ask()
+    t.set_user_attr("reason", "diverged")
+    study.tell(t, state=optuna.trial.TrialState.PRUNED)
+    study.set_user_attr("data", {"train": 900, "val": 300})
+    out = export_study(study, spec)
+    page = (out / "report.html").read_text()
+    assert page.count("* plotly.js v") == 1  # the library is inlined once, for every plot
+    assert "Leaderboard" in page and "Best:" in page and "Reproduce" in page
+    assert "diverged" in page  # pruning reasons are tallied
+    assert "train" in page and "900" in page  # the data summary
+    assert page.count("plotly-graph-div") >= 4
+    assert "hunter2" not in page and "bob:***@" in page
+    assert "src=\"http" not in page  # nothing loaded from the network

@@ -372,6 +372,75 @@ def status(
 
 @app.command()
 @handle_errors
+def report(
+    study: StudyOpt = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL.")] = None,
+) -> None:
+    """Write the single-file report (and the other exports) to studies/<name>/export/."""
+    from signtune.export import export_study
+    from signtune.runner import open_study
+
+    _quiet()
+    spec, _, _ = _load(study, {"storage": storage})
+    path = export_study(open_study(spec, create=False, heartbeat=False), spec)
+    out.print(f"Report: {path / 'report.html'}")
+
+
+@app.command()
+@handle_errors
+def dashboard(
+    study: StudyOpt = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL.")] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; keep 127.0.0.1 unless others must reach it.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+) -> None:
+    """Serve optuna-dashboard on the study's storage (read side; a running study is not disturbed)."""
+    from optuna.artifacts import FileSystemArtifactStore
+    from optuna_dashboard import run_server
+
+    from signtune.storage import create_storage, mask_url
+
+    _quiet()
+    spec, _, _ = _load(study, {"storage": storage})
+    artifacts = spec.dir / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    err.print(
+        f"optuna-dashboard for {spec.name} ({mask_url(spec.storage)}) on http://{host}:{port}/  (Ctrl-C stops it)"
+    )
+    # No heartbeat thread: the dashboard only reads and annotates; it never runs trials.
+    run_server(
+        create_storage(spec.storage, heartbeat=False),
+        host=host,
+        port=port,
+        artifact_store=FileSystemArtifactStore(str(artifacts)),
+    )
+
+
+@app.command("mlflow-ui")
+@handle_errors
+def mlflow_ui(
+    study: StudyOpt = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 5000,
+) -> None:
+    """Open the MLflow UI on the study's tracking store (binds 127.0.0.1 by default)."""
+    import subprocess
+
+    spec, _, _ = _load(study, _tracking_override(tracking_uri, False))
+    uri = spec.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        out.print(f"The tracking store is a server already: open {uri}")
+        return
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    err.print(f"MLflow UI for {spec.name} on http://{host}:{port}/  (Ctrl-C stops it)")
+    raise typer.Exit(subprocess.call(cmd))
+
+
+@app.command()
+@handle_errors
 def worker(
     study: StudyOpt = None,
     storage: Annotated[

@@ -34,8 +34,10 @@ def export_study(study: optuna.Study, spec: StudySpec, out_dir: Path | None = No
         trials = study.get_trials(deepcopy=False)
         (tmp / "best_params.json").write_text(json.dumps(best_params_doc(study, spec), indent=2, default=str) + "\n")
         write_trials_csv(trials, tmp / "trials.csv")
-        for name in PLOTS:
-            (tmp / f"{name}.html").write_text(_plot_html(study, name), encoding="utf-8")
+        figures = {name: _figure(study, name) for name in PLOTS}
+        for name, fig in figures.items():
+            (tmp / f"{name}.html").write_text(_page(study, name, fig), encoding="utf-8")
+        (tmp / "report.html").write_text(report_html(study, spec, figures), encoding="utf-8")
         old = out.with_name(out.name + ".old")
         if old.exists():
             shutil.rmtree(old)
@@ -115,8 +117,8 @@ def write_trials_csv(trials: list[FrozenTrial], path: Path) -> None:
             )
 
 
-def _plot_html(study: optuna.Study, name: str) -> str:
-    """One self-contained HTML plot (plotly.js inlined), or a page that says why it is empty."""
+def _figure(study: optuna.Study, name: str) -> Any:
+    """A plotly figure, or the reason it cannot be drawn yet (a string)."""
     import optuna.visualization as vis
 
     complete = [
@@ -127,7 +129,7 @@ def _plot_html(study: optuna.Study, name: str) -> str:
     try:
         if name == "param_importances":
             if len(complete) < 2:
-                raise ValueError("parameter importances need at least 2 complete trials")
+                return "parameter importances need at least 2 complete trials"
             fig = vis.plot_param_importances(study)
         elif name == "optimization_history":
             fig = vis.plot_optimization_history(study)
@@ -136,10 +138,106 @@ def _plot_html(study: optuna.Study, name: str) -> str:
         else:
             fig = vis.plot_intermediate_values(study)
     except Exception as exc:  # a plot that can't be drawn must not sink the export
-        return (
-            "<!doctype html><meta charset='utf-8'><title>" + name + "</title>"
-            f"<p class='signtune-unavailable'>{html.escape(name.replace('_', ' '))}: not available yet "
-            f"({html.escape(str(exc))}).</p>"
-        )
+        return str(exc)
     fig.update_layout(title=f"{study.study_name}: {name.replace('_', ' ')}")
+    return fig
+
+
+def _unavailable(name: str, why: str) -> str:
+    return (
+        f"<p class='signtune-unavailable'>{html.escape(name.replace('_', ' '))}: not available yet "
+        f"({html.escape(why)}).</p>"
+    )
+
+
+def _page(study: optuna.Study, name: str, fig: Any) -> str:
+    """One self-contained HTML plot (plotly.js inlined), or a page that says why it is empty."""
+    if isinstance(fig, str):
+        return f"<!doctype html><meta charset='utf-8'><title>{name}</title>" + _unavailable(name, fig)
     return str(fig.to_html(include_plotlyjs=True, full_html=True))
+
+
+def report_html(study: optuna.Study, spec: StudySpec, figures: dict[str, Any] | None = None) -> str:
+    """The single-file study report: summary, leaderboard, best config, plots, failures, data.
+
+    plotly.js is inlined once, so the file opens offline.
+    """
+    figures = figures or {name: _figure(study, name) for name in PLOTS}
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    doc = best_params_doc(study, spec)
+    esc = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>signtune report: {esc(study.study_name)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "th{background:#f4f4f4}code{background:#f4f4f4;padding:2px 4px}</style></head><body>",
+        f"<h1>Study <code>{esc(study.study_name)}</code></h1>",
+        f"<p>task <b>{esc(spec.task)}</b>, objective <b>{esc(spec.objective.metric)}</b> "
+        f"({esc(spec.objective.direction)}), storage <code>{esc(mask_url(spec.storage))}</code>, "
+        f"budget {spec.budget.trials} trials, subset {spec.budget.subset}, spec hash {esc(spec.hash())}.</p>",
+        "<p>" + ", ".join(f"{k}: {v}" for k, v in counts.items() if v) + "</p>",
+    ]
+    if doc.get("trial") is not None:
+        parts += [
+            f"<h2>Best: {doc['value']:.3f} (trial {doc['trial']})</h2>",
+            _kv_table(doc["params"]),
+            f"<p>Reproduce: <code>{esc(str(doc['reproduce']))}</code></p>",
+            f"<p>Score signature: <code>{esc(str(doc.get('bleu_signature') or '-'))}</code></p>",
+        ]
+    parts += ["<h2>Leaderboard</h2>", _leaderboard(study, spec)]
+    parts += ["<h2>Pruned and failed trials</h2>", _reasons(trials)]
+    data = study.user_attrs.get("data")
+    if isinstance(data, dict) and data:
+        parts += ["<h2>Data</h2>", _kv_table(data)]
+    first = True
+    for name in PLOTS:
+        parts.append(f"<h2>{esc(name.replace('_', ' ').capitalize())}</h2>")
+        fig = figures[name]
+        if isinstance(fig, str):
+            parts.append(_unavailable(name, fig))
+            continue
+        parts.append(str(fig.to_html(include_plotlyjs=first, full_html=False)))
+        first = False
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _kv_table(d: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(mask_url(str(v)))}</td></tr>" for k, v in d.items()
+    )
+    return f"<table>{rows}</table>"
+
+
+def _leaderboard(study: optuna.Study, spec: StudySpec, top: int = 15) -> str:
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    done.sort(key=lambda t: t.value or 0.0, reverse=spec.objective.direction == "maximize")
+    names = sorted({k for t in done[:top] for k in t.params})
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in ["#", spec.objective.metric, "epochs", "time (s)", *names])
+    rows = []
+    for t in done[:top]:
+        cells = [t.number, f"{t.value:.3f}", t.user_attrs.get("epochs_run", ""), t.user_attrs.get("wall_time_s", "")]
+        cells += [_fmt(t.params.get(n, "")) for n in names]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>" if rows else "<p>No complete trial yet.</p>"
+
+
+def _reasons(trials: list[FrozenTrial]) -> str:
+    tally: dict[tuple[str, str], int] = {}
+    for t in trials:
+        if t.state in (TrialState.PRUNED, TrialState.FAIL):
+            key = (t.state.name.lower(), str(t.user_attrs.get("reason", "unknown")))
+            tally[key] = tally.get(key, 0) + 1
+    if not tally:
+        return "<p>None.</p>"
+    rows = "".join(
+        f"<tr><td>{html.escape(state)}</td><td>{html.escape(reason)}</td><td>{n}</td></tr>"
+        for (state, reason), n in sorted(tally.items())
+    )
+    return f"<table><tr><th>state</th><th>reason</th><th>trials</th></tr>{rows}</table>"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -74,6 +74,7 @@ class Objective:
         run_id = self.tracker.start_trial(trial.number, params=values, tags={k: str(v) for k, v in attrs.items()})
         if run_id:
             trial.set_user_attr("mlflow_run_id", run_id)
+            _save_note(trial, f"MLflow run [`{run_id}`]({self.tracker.run_url(run_id)}) (open with `study mlflow-ui`)")
         epochs_seen = 0
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
@@ -143,3 +144,13 @@ def _failure_reason(exc: BaseException) -> str:
     if "out of memory" in text.lower():
         return "oom"
     return "error"
+
+
+def _save_note(trial: optuna.Trial, body: str) -> None:
+    """A note on the trial's page in optuna-dashboard; never fails the trial."""
+    try:
+        from optuna_dashboard import save_note
+
+        save_note(trial, body)
+    except Exception:
+        return

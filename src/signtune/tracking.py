@@ -43,6 +43,9 @@ class NullTracker:
     def start_trial(self, number: int, *, params: dict[str, Any], tags: dict[str, str]) -> str:
         return ""
 
+    def run_url(self, run_id: str) -> str:
+        return ""
+
     def log_epoch(self, run_id: str, metrics: dict[str, float], epoch: int) -> None:
         return None
 
@@ -120,6 +123,11 @@ class Tracker:
         run = self.client.create_run(self.experiment_id(), run_name=f"trial-{number}", tags=run_tags)
         self._log_params(run.info.run_id, params)
         return str(run.info.run_id)
+
+    def run_url(self, run_id: str) -> str:
+        """Where the run opens in the MLflow UI (``study mlflow-ui`` serves local stores on :5000)."""
+        base = self.uri if self.uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+        return f"{mask_url(base).rstrip('/')}/#/experiments/{self.experiment_id()}/runs/{run_id}"
 
     def log_epoch(self, run_id: str, metrics: dict[str, float], epoch: int) -> None:
         from mlflow.entities import Metric
