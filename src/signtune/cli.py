@@ -136,7 +136,12 @@ def run(
     epochs: Annotated[int | None, typer.Option(help="Epochs per trial.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds after which no new trial starts.")] = None,
     storage: Annotated[
-        str | None, typer.Option(help="Optuna storage URL (sqlite:///, postgresql+psycopg://, journal:///).")
+        str | None,
+        typer.Option(
+            help="Optuna storage URL (sqlite:///, postgresql+psycopg://, journal:///); env SIGNTUNE_STORAGE.",
+            envvar="SIGNTUNE_STORAGE",
+            show_envvar=False,
+        ),
     ] = None,
     tracking_uri: Annotated[
         str | None,
@@ -319,7 +324,9 @@ def export(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Folder to write (default studies/<name>/export).")
     ] = None,
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL.")] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL.", envvar="SIGNTUNE_STORAGE", show_envvar=False)
+    ] = None,
 ) -> None:
     """Write best_params.json, trials.csv and HTML plots for a study."""
     from signtune.export import export_study
@@ -334,7 +341,10 @@ def export(
 @app.command()
 @handle_errors
 def status(
-    study: StudyOpt = None, storage: Annotated[str | None, typer.Option(help="Optuna storage URL.")] = None
+    study: StudyOpt = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL.", envvar="SIGNTUNE_STORAGE", show_envvar=False)
+    ] = None,
 ) -> None:
     """Show trial counts per state, the best value and the running trials."""
     import datetime as dt
@@ -372,9 +382,33 @@ def status(
 
 @app.command()
 @handle_errors
+def create(
+    study: StudyOpt = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL.", envvar="SIGNTUNE_STORAGE", show_envvar=False)
+    ] = None,
+    trials: Annotated[int | None, typer.Option("--trials", "-n", help="The study's budget.")] = None,
+    subset: Annotated[float | None, typer.Option(help="Fraction of the train split.")] = None,
+) -> None:
+    """Create the study on its storage and queue the spec's known-good configs; run nothing."""
+    from signtune.runner import enqueue_defaults, open_study
+    from signtune.storage import mask_url
+
+    _quiet()
+    spec, space, _ = _load(study, {"storage": storage, "budget.trials": trials, "budget.subset": subset})
+    s = open_study(spec, heartbeat=False)
+    enqueue_defaults(s, spec, space)
+    s.set_user_attr("spec_hash", spec.hash())
+    out.print(f"study {spec.name} ready on {mask_url(spec.storage)} ({len(s.trials)} trials so far)")
+
+
+@app.command()
+@handle_errors
 def report(
     study: StudyOpt = None,
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL.")] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL.", envvar="SIGNTUNE_STORAGE", show_envvar=False)
+    ] = None,
 ) -> None:
     """Write the single-file report (and the other exports) to studies/<name>/export/."""
     from signtune.export import export_study
@@ -390,7 +424,9 @@ def report(
 @handle_errors
 def dashboard(
     study: StudyOpt = None,
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL.")] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL.", envvar="SIGNTUNE_STORAGE", show_envvar=False)
+    ] = None,
     host: Annotated[
         str, typer.Option(help="Address to bind; keep 127.0.0.1 unless others must reach it.")
     ] = "127.0.0.1",
@@ -444,7 +480,12 @@ def mlflow_ui(
 def worker(
     study: StudyOpt = None,
     storage: Annotated[
-        str | None, typer.Option(help="Shared Optuna storage URL (e.g. postgresql+psycopg://...).")
+        str | None,
+        typer.Option(
+            help="Shared Optuna storage URL (e.g. postgresql+psycopg://...); env SIGNTUNE_STORAGE.",
+            envvar="SIGNTUNE_STORAGE",
+            show_envvar=False,
+        ),
     ] = None,
     trials: Annotated[
         int | None, typer.Option("--trials", "-n", help="The study's total budget of finished trials.")
@@ -494,7 +535,10 @@ def worker(
 @app.command()
 @handle_errors
 def reap(
-    study: StudyOpt = None, storage: Annotated[str | None, typer.Option(help="Optuna storage URL.")] = None
+    study: StudyOpt = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL.", envvar="SIGNTUNE_STORAGE", show_envvar=False)
+    ] = None,
 ) -> None:
     """Fail trials left RUNNING by workers that are gone (dead pid on this host, or stale heartbeat)."""
     from signtune.runner import reap as reap_trials
