@@ -269,32 +269,30 @@ def _print_leaderboard(spec: Any, top: int = 10) -> None:
 
     from signtune.runner import open_study
 
-    study = open_study(spec, heartbeat=False)
+    study = open_study(spec, create=False, heartbeat=False)
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    reverse = spec.objective.direction == "maximize"
-    done.sort(key=lambda t: t.value, reverse=reverse)  # type: ignore[arg-type,return-value]
+    done.sort(key=lambda t: t.value or 0.0, reverse=spec.objective.direction == "maximize")
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     table = Table(
         title=f"{spec.name}: top {min(top, len(done))} of {len(trials)} trials "
-        f"(complete {counts['complete']}, pruned {counts['pruned']}, failed {counts['fail']})"
+        f"(complete {counts['complete']}, pruned {counts['pruned']}, failed {counts['fail']})",
+        show_lines=False,
     )
-    table.add_column("#", justify="right")
-    table.add_column(spec.objective.metric, justify="right")
-    table.add_column("epochs", justify="right")
-    table.add_column("time", justify="right")
-    names = sorted({k for t in done[:top] for k in t.params})
-    for n in names:
-        table.add_column(n.split(".", 1)[-1], justify="right")
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column(spec.objective.metric, justify="right", no_wrap=True)
+    table.add_column("epochs", justify="right", no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("params", overflow="fold")
     for t in done[:top]:
-        row = [
+        params = "  ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in t.params.items())
+        table.add_row(
             str(t.number),
             f"{t.value:.2f}",
             str(t.user_attrs.get("epochs_run", "")),
             f"{t.user_attrs.get('wall_time_s', 0):.0f}s",
-        ]
-        row += [_fmt(t.params.get(n, "")) for n in names]
-        table.add_row(*row)
+            params,
+        )
     out.print(table)
 
 

@@ -30,6 +30,7 @@ def export_study(study: optuna.Study, spec: StudySpec, out_dir: Path | None = No
     out = out_dir or spec.dir / "export"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared
     try:
         trials = study.get_trials(deepcopy=False)
         (tmp / "best_params.json").write_text(json.dumps(best_params_doc(study, spec), indent=2, default=str) + "\n")

@@ -380,6 +380,8 @@ def run_study(
     finished_before = count_finished(study)
     summary = RunSummary(spec.name, total, finished_before, finished_before, data=data_summary or {})
     summary.best_value, summary.best_trial = best_of(study)
+    if events.on_start:
+        events.on_start(finished_before, total)
     if finished_before >= total:
         summary.wall_time_s = time.perf_counter() - t0
         return summary
@@ -393,8 +395,6 @@ def run_study(
             params={**task.fixed_config(spec), "budget.trials": total},
             tags={"signtune.spec_hash": spec.hash()},
         )
-    if events.on_start:
-        events.on_start(finished_before, total)
     deadline = time.time() + spec.budget.timeout if spec.budget.timeout else None
     plan = plan_workers(workers, gpus, workers_per_gpu)
     summary.workers = len(plan)

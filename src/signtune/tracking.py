@@ -79,6 +79,8 @@ class Tracker:
             _quiet_mlflow()
             from mlflow.tracking import MlflowClient
 
+            _quiet_mlflow()  # mlflow configures its loggers on import
+
             if self.uri.startswith("sqlite:///"):
                 Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
             self._client = MlflowClient(tracking_uri=self.uri)
@@ -181,6 +183,6 @@ class Tracker:
 def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-    for name in ("mlflow", "alembic", "alembic.runtime.migration"):
+    for name in ("mlflow", "mlflow.store.db.utils", "alembic", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="mlflow")
