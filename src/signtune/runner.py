@@ -65,13 +65,16 @@ class RunSummary:
 # Study construction
 
 
-def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+def build_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler. Each worker process passes its own ``seed_offset``: samplers seeded
+    alike in several processes would propose the same configs in parallel."""
     s = spec.sampler
+    seed = s.seed + seed_offset
     if s.name == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     # Optuna 5's TPE is multivariate with constant liar by default: parallel workers
     # do not all sample the same point while earlier trials are still running.
-    return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials)
 
 
 def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
@@ -85,13 +88,16 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
 
 
-def open_study(spec: StudySpec, *, create: bool = True, heartbeat: bool = True) -> optuna.Study:
+def open_study(spec: StudySpec, *, create: bool = True, heartbeat: bool = True, seed_offset: int = 0) -> optuna.Study:
     """Create (or load) the study named in ``spec`` on its storage."""
     storage = create_storage(spec.storage, heartbeat=heartbeat)
     if not create:
         try:
             return optuna.load_study(
-                study_name=spec.name, storage=storage, sampler=build_sampler(spec), pruner=build_pruner(spec)
+                study_name=spec.name,
+                storage=storage,
+                sampler=build_sampler(spec, seed_offset),
+                pruner=build_pruner(spec),
             )
         except KeyError:
             raise StudyError(
@@ -100,7 +106,7 @@ def open_study(spec: StudySpec, *, create: bool = True, heartbeat: bool = True) 
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
-        sampler=build_sampler(spec),
+        sampler=build_sampler(spec, seed_offset),
         pruner=build_pruner(spec),
         direction=spec.objective.direction,
         load_if_exists=True,
@@ -256,6 +262,7 @@ def worker_loop(
 def _worker_main(
     spec: StudySpec,
     worker_id: str,
+    seed_offset: int,
     claimed: Any,
     deadline: float | None,
     parent_run_id: str | None,
@@ -278,7 +285,7 @@ def _worker_main(
         import torch
 
         torch.set_num_threads(threads)
-    study = open_study(spec, create=False)
+    study = open_study(spec, create=False, seed_offset=seed_offset)
     tracker = make_tracker(spec, parent_run_id)
     objective = Objective(spec, space, task, tracker, worker_id=worker_id)
     try:
@@ -465,11 +472,12 @@ def _supervise(
     started_before = len(study.get_trials(deepcopy=False))
     procs: dict[int, Any] = {}
     envs: dict[int, dict[str, str]] = {}
+    restarts = 0
 
     def start(slot: int) -> None:
         p = ctx.Process(
             target=_worker_main,
-            args=(spec, f"{slot}", claimed, deadline, parent_run_id, plan[slot]),
+            args=(spec, f"{slot}", slot + 1000 * restarts, claimed, deadline, parent_run_id, plan[slot]),
             name=f"signtune-worker-{slot}",
         )
         p.start()
@@ -479,7 +487,6 @@ def _supervise(
     for slot in range(len(plan)):
         start(slot)
     dead_pids: set[int] = set()
-    restarts = 0
     max_restarts = 3 * len(plan)
     try:
         while procs:
@@ -569,7 +576,9 @@ def run_worker(
     It honours the study's budget by reading it from storage before each trial; with W such
     workers the study may end with up to W - 1 trials over the budget.
     """
-    study = open_study(spec)
+    import zlib
+
+    study = open_study(spec, seed_offset=zlib.crc32(f"{worker_id}-{os.getpid()}".encode()) % 100_000)
     enqueue_defaults(study, spec, space)
     tracker = make_tracker(spec)
     objective = Objective(spec, space, task, tracker, worker_id=worker_id)

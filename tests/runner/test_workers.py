@@ -37,6 +37,7 @@ def test_four_workers_exact_budget(fast_project: Path, storage_url: str) -> None
     assert TrialState.FAIL not in states and TrialState.RUNNING not in states
     assert len(states) == 20, "no overshoot: exactly N trials were started"
     assert len({t.user_attrs["pid"] for t in study.trials}) > 1, "trials ran in several processes"
+    assert len({t.params["x"] for t in study.trials}) == 20, "workers must not propose the same configs"
     again = run_study("run", "--study", "fast", "--workers", "4", cwd=fast_project)
     assert again.returncode == 0 and "nothing to run" in again.stdout
     assert len(_load(name, storage_url).trials) == 20
