@@ -64,6 +64,7 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.98
     grad_clip: float = 1.0
+    grad_accum: int = 1  # micro-batches per optimizer step (the OOM retry halves the batch and doubles this)
 
 
 @dataclass(frozen=True)

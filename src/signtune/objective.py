@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
 import tempfile
 import time
@@ -15,6 +16,7 @@ from typing import Any
 import optuna
 
 from signtune.errors import SigntuneError, StopTrial
+from signtune.faults import from_env, inject
 from signtune.space import SearchSpace, suggest
 from signtune.spec import StudySpec
 from signtune.tasks import Task, TrialContext
@@ -52,12 +54,15 @@ class Objective:
         self.worker_id = worker_id
         self.on_epoch = on_epoch
         self.device = resolve_device(spec.device)
+        self.faults = from_env()
 
     def __call__(self, trial: optuna.Trial) -> float:
         spec = self.spec
         metric = spec.objective.metric
         values = suggest(trial, self.space)
         cfg = self.task.make_config(spec, values)
+        if trial.user_attrs.get("oom_retry"):
+            cfg = halve_batch(cfg)  # same params, half the batch, twice the accumulation
         started = time.perf_counter()
         attrs: dict[str, Any] = {
             "seed": spec.seed,
@@ -69,17 +74,28 @@ class Objective:
             if self.device.startswith("cuda")
             else "",
         }
+        if trial.user_attrs.get("oom_retry"):
+            attrs["oom_retry_config"] = _batch_settings(cfg)
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         run_id = self.tracker.start_trial(trial.number, params=values, tags={k: str(v) for k, v in attrs.items()})
         if run_id:
             trial.set_user_attr("mlflow_run_id", run_id)
             _save_note(trial, f"MLflow run [`{run_id}`]({self.tracker.run_url(run_id)}) (open with `study mlflow-ui`)")
+        fault = self.faults.for_trial(trial.number, retry="retry_of" in trial.user_attrs) if self.faults else None
+        if fault:
+            trial.set_user_attr("injected_fault", fault)
+        watchdog = Watchdog(spec.budget.trial_timeout)
         epochs_seen = 0
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             nonlocal epochs_seen
+            watchdog.beat()
+            if fault and epoch == 1:
+                inject(fault)
             epochs_seen = epoch
+            if metric not in metrics:
+                raise ValueError(f"report({epoch}, ...) got metrics {sorted(metrics)} but the objective is {metric!r}")
             value = float(metrics[metric])
             trial.report(value, epoch)
             self.tracker.log_epoch(run_id, metrics, epoch)
@@ -110,7 +126,8 @@ class Objective:
             self.tracker.end_trial(run_id, state=state, reason=reason, wall_time_s=wall)
 
         try:
-            result = self.task.fit(cfg, report, ctx)
+            with watchdog:
+                result = self.task.fit(cfg, report, ctx)
         except StopTrial as stop:
             finish("pruned", stop.reason, reason_detail=stop.detail)
             raise optuna.TrialPruned(str(stop)) from None
@@ -121,7 +138,10 @@ class Objective:
             finish("failed", "error", error=str(exc)[:2000])
             raise
         except Exception as exc:
-            finish("failed", _failure_reason(exc), error=traceback.format_exc(limit=8)[-2000:])
+            reason = _failure_reason(exc)
+            if reason == "oom":
+                free_accelerator_memory()
+            finish("failed", reason, error=traceback.format_exc(limit=8)[-2000:])
             raise
         value = result.metrics.get(metric)
         if value is None or not math.isfinite(float(value)):
@@ -139,9 +159,76 @@ class Objective:
         return float(value)
 
 
+class Watchdog:
+    """Ends a trial that stops reporting for ``timeout_s`` seconds (reason ``timeout``).
+
+    SIGALRM interrupts the trial's main thread between Python bytecodes; it is re-armed on
+    every report. Off when ``timeout_s`` is None or outside the main thread.
+    """
+
+    def __init__(self, timeout_s: float | None) -> None:
+        import threading
+
+        self.timeout_s = timeout_s if threading.current_thread() is threading.main_thread() else None
+        self._previous: Any = None
+
+    def _fire(self, signum: int, frame: Any) -> None:
+        raise StopTrial("timeout", f"no report for {self.timeout_s:.0f}s (budget.trial_timeout)")
+
+    def beat(self) -> None:
+        if self.timeout_s:
+            signal.setitimer(signal.ITIMER_REAL, self.timeout_s)
+
+    def __enter__(self) -> Watchdog:
+        if self.timeout_s:
+            self._previous = signal.signal(signal.SIGALRM, self._fire)
+            self.beat()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.timeout_s:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._previous or signal.SIG_DFL)
+
+
+def halve_batch(cfg: Any) -> Any:
+    """The OOM retry's config: half the batch size, twice the gradient accumulation."""
+    import dataclasses
+
+    if isinstance(cfg, dict):
+        out = dict(cfg)
+        if "data.batch_size" in out:
+            out["data.batch_size"] = max(1, int(out["data.batch_size"]) // 2)
+            out["optim.grad_accum"] = int(out.get("optim.grad_accum", 1)) * 2
+        return out
+    data = dataclasses.replace(cfg.data, batch_size=max(1, cfg.data.batch_size // 2))
+    optim = dataclasses.replace(cfg.optim, grad_accum=cfg.optim.grad_accum * 2)
+    return dataclasses.replace(cfg, data=data, optim=optim)
+
+
+def _batch_settings(cfg: Any) -> dict[str, Any]:
+    if isinstance(cfg, dict):
+        return {k: cfg[k] for k in ("data.batch_size", "optim.grad_accum") if k in cfg}
+    return {"data.batch_size": cfg.data.batch_size, "optim.grad_accum": cfg.optim.grad_accum}
+
+
+def free_accelerator_memory() -> None:
+    """Release what the failed trial held so the worker can carry on."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        return
+
+
 def _failure_reason(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
-    if "out of memory" in text.lower():
+    if "OutOfMemoryError" in text or "out of memory" in text.lower():
         return "oom"
     return "error"
 

@@ -31,6 +31,7 @@ from signtune.tasks import Task, get_task
 from signtune.tracking import NullTracker, Tracker
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+_STARTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 MAX_CONSECUTIVE_FAILURES = 5
 POLL_S = 0.5
 WORKER_GAVE_UP = 3  # exit code of a worker that stopped after too many failures in a row
@@ -149,10 +150,18 @@ def enqueue_defaults(study: optuna.Study, spec: StudySpec, space: SearchSpace) -
 
 
 def retry_once(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Re-queue a failed trial's params once (not a retry's, not an interrupted one's)."""
-    if "retry_of" in trial.user_attrs or trial.user_attrs.get("reason") == "interrupted" or not trial.params:
+    """Re-queue a failed trial's params once (not a retry's, not an interrupted one's).
+
+    An out-of-memory failure is retried with half the batch size and twice the gradient
+    accumulation, which keeps the effective batch.
+    """
+    reason = trial.user_attrs.get("reason")
+    if "retry_of" in trial.user_attrs or reason == "interrupted" or not trial.params:
         return
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    attrs: dict[str, Any] = {"retry_of": trial.number}
+    if reason == "oom":
+        attrs["oom_retry"] = True
+    study.enqueue_trial(trial.params, user_attrs=attrs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -469,7 +478,8 @@ def _supervise(
     ctx = mp.get_context("spawn")
     claimed = ctx.Value("i", summary.finished_before)
     parent_run_id = tracker.parent_run_id
-    started_before = len(study.get_trials(deepcopy=False))
+    started_before = len(study.get_trials(deepcopy=False, states=_STARTED))
+    failed_before = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
     procs: dict[int, Any] = {}
     envs: dict[int, dict[str, str]] = {}
     restarts = 0
@@ -535,9 +545,9 @@ def _supervise(
         _stop_workers(procs)
         reap_dead(spec, study, {p.pid for p in procs.values()} | dead_pids, reason="interrupted")
         raise
-    trials = study.get_trials(deepcopy=False)
+    trials = study.get_trials(deepcopy=False, states=_STARTED)
     summary.started = len(trials) - started_before
-    summary.failed = sum(t.state == TrialState.FAIL for t in trials[started_before:])
+    summary.failed = sum(t.state == TrialState.FAIL for t in trials) - failed_before
     if deadline is not None and time.time() >= deadline and count_finished(study) < spec.budget.trials:
         summary.stopped_by = "timeout"
 

@@ -62,6 +62,7 @@ class BudgetSpec:
     trials: int = 30
     subset: float = 1.0
     timeout: float | None = None
+    trial_timeout: float | None = None  # a trial silent this long is pruned (reason: timeout)
 
 
 @dataclass(frozen=True)
@@ -360,6 +361,8 @@ def load_spec(study: str | Path | None = None, overrides: dict[str, Any] | None 
             f"must be in (0, 1], but got {budget.subset}",
             "e.g. --subset 0.3 trains each trial on 30% of the train split",
         )
+    if budget.trial_timeout is not None and budget.trial_timeout <= 0:
+        r.add("budget.trial_timeout", f"must be > 0 seconds, but got {budget.trial_timeout}", "omit it for none")
     if budget.timeout is not None and budget.timeout <= 0:
         r.add("budget.timeout", f"must be > 0 seconds, but got {budget.timeout}", "omit it for no time limit")
     if pruner.n_warmup_steps < 0 or pruner.n_startup_trials < 0:

@@ -28,8 +28,11 @@ def objective(config, report, ctx):
 '''
 
 
-def fast_spec(*, trials: int, storage: str | None = None, delay: float = 0.02, epochs: int = 3) -> str:
+def fast_spec(
+    *, trials: int, storage: str | None = None, delay: float = 0.02, epochs: int = 3, trial_timeout: float | None = None
+) -> str:
     storage_line = f"storage: {storage}" if storage else ""
+    budget = f"{{trials: {trials}, trial_timeout: {trial_timeout}}}" if trial_timeout else f"{{trials: {trials}}}"
     return textwrap.dedent(
         f"""\
         # Fast plug-in study for runner tests: study run --study fast --workers 4
@@ -40,7 +43,7 @@ def fast_spec(*, trials: int, storage: str | None = None, delay: float = 0.02, e
         objective: {{metric: score, direction: maximize}}
         sampler: {{name: tpe, seed: 0, n_startup_trials: 5}}
         pruner: {{name: none}}
-        budget: {{trials: {trials}}}
+        budget: {budget}
         tracking: {{enabled: false}}
         {storage_line}
         """

@@ -152,7 +152,8 @@ def fit(
         )
     # Length-aware batching may give a few more or fewer batches in later epochs; the
     # schedule then ends at min_lr a little early or stays there, which is harmless.
-    total_steps = cfg.run.epochs * len(batches)
+    accum = max(1, cfg.optim.grad_accum)
+    total_steps = cfg.run.epochs * math.ceil(len(batches) / accum)
     scheduler = build_scheduler(
         optimizer,
         total_steps=total_steps,
@@ -190,13 +191,16 @@ def fit(
                 ignore_index=PAD_ID,
                 label_smoothing=cfg.loss.label_smoothing,
             )
-            loss.backward()
+            # With accumulation, gradients of `accum` micro-batches add up before one step.
+            (loss / accum if accum > 1 else loss).backward()
+            loss_sum += loss.detach()
+            if i % accum and i != len(batches):
+                continue
             if cfg.optim.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip, foreach=True)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach()
             step += 1
             if i % DIVERGENCE_CHECK_EVERY == 0 and not bool(torch.isfinite(loss_sum)):
                 raise Diverged(f"train loss {loss_sum.item()} at epoch {epoch}, step {step}")
