@@ -20,3 +20,8 @@ def study_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copy(ROOT / "search_spaces" / "sign2text.yaml", tmp_path / "search_spaces" / "sign2text.yaml")
     monkeypatch.chdir(tmp_path)
     return tmp_path / "studies" / "demo"
+
+
+# The fast plug-in project (tests/runner/conftest.py) serves the runner, reliability and
+# browse tests alike.
+from tests.runner.conftest import fast_project  # noqa: E402, F401
