@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-from signtune.errors import StudyError
+from signtune.errors import Problem, StudyError
 
 T = TypeVar("T")
 SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "journal")
@@ -27,11 +28,14 @@ GRACE_PERIOD_S = 600
 SQLITE_BUSY_TIMEOUT_S = 60
 
 _PASSWORD_RE = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<tail>@)")
+# libpq and SQLAlchemy also take the password as a query parameter: ...?password=PW
+_QUERY_PASSWORD_RE = re.compile(r"(?P<head>[?&;]password=)(?P<pw>[^&;\s'\"]+)", re.IGNORECASE)
 
 
 def mask_url(text: str) -> str:
-    """Replace the password of every URL in ``text`` with ``***``."""
-    return _PASSWORD_RE.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    """Replace the password of every URL in ``text`` with ``***`` (``user:PW@`` and ``?password=PW``)."""
+    text = _PASSWORD_RE.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    return _QUERY_PASSWORD_RE.sub(lambda m: f"{m['head']}***", text)
 
 
 def check_storage_url(url: str) -> tuple[str, str] | None:
@@ -53,7 +57,8 @@ def check_storage_url(url: str) -> tuple[str, str] | None:
             f"e.g. {scheme}:///studies/demo/study.db",
         )
     if scheme in ("sqlite", "journal") and not url.split("://", 1)[1].lstrip("/"):
-        return (f"has no file path: {url!r}", f"e.g. {scheme}:///studies/demo/study.db")
+        example = "studies/demo/study.db" if scheme == "sqlite" else "studies/demo/journal.log"
+        return (f"has no file path: {url!r}", f"e.g. {scheme}:///{example}")
     return None
 
 
@@ -121,13 +126,23 @@ def create_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseS
             engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
         else:
             engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 300}
-        hb: dict[str, Any] = {}
-        if heartbeat:
-            hb = {
-                "heartbeat_interval": HEARTBEAT_INTERVAL_S,
-                "grace_period": GRACE_PERIOD_S,
-                "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1),
-            }
-        return _with_retry(lambda: RDBStorage(url, engine_kwargs=engine_kwargs, **hb))
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since v2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            hb: dict[str, Any] = {}
+            if heartbeat:
+                hb = {
+                    "heartbeat_interval": HEARTBEAT_INTERVAL_S,
+                    "grace_period": GRACE_PERIOD_S,
+                    "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1),
+                }
+            return _with_retry(lambda: RDBStorage(url, engine_kwargs=engine_kwargs, **hb))
     except Exception as exc:  # driver errors carry the URL; never show the password
-        raise StudyError(f"cannot open storage {mask_url(url)}: {mask_url(str(exc)).splitlines()[0]}") from None
+        raise StudyError(
+            Problem(
+                "storage",
+                f"cannot open {mask_url(url)}: {mask_url(str(exc)).splitlines()[0]}",
+                "check that the file's folder is writable and the file is not another program's"
+                if url.startswith(("sqlite", "journal"))
+                else "check that the server is up and reachable from here, and the URL's user, host, port and database",
+            )
+        ) from None

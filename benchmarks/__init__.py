@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks; results go to benchmarks/RESULTS.md."""
