@@ -360,6 +360,20 @@ def status(
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     if done:
         out.print(f"best {spec.objective.metric} {s.best_value:.2f} (trial {s.best_trial.number})")
+    hosts: dict[str, dict[str, int]] = {}
+    for t in trials:
+        if t.state == TrialState.WAITING:
+            continue
+        row = hosts.setdefault(str(t.user_attrs.get("host", "?")), {})
+        row[t.state.name.lower()] = row.get(t.state.name.lower(), 0) + 1
+    if hosts:
+        table = Table(title="trials per host")
+        table.add_column("host")
+        for c in ("complete", "pruned", "fail", "running"):
+            table.add_column(c, justify="right")
+        for host, row in sorted(hosts.items()):
+            table.add_row(host, *(str(row.get(c, 0)) for c in ("complete", "pruned", "fail", "running")))
+        out.print(table)
     running = [t for t in trials if t.state == TrialState.RUNNING]
     if running:
         table = Table(title="running")

@@ -126,3 +126,17 @@ def test_two_hosts_share_a_study(fast_project: Path, storage_url: str) -> None:
     assert {t.user_attrs["host"] for t in study.trials} == {"node-a", "node-b"}
     status = run_study("status", "--study", "fast", cwd=fast_project)
     assert status.returncode == 0 and "complete" in status.stdout
+    assert "node-a" in status.stdout and "node-b" in status.stdout
+
+
+def test_timeout_stops_new_trials_and_ends_cleanly(fast_project: Path) -> None:
+    url = "sqlite:///studies/fast/study.db"
+    name = unique_name()
+    _write(fast_project, fast_spec(trials=50, storage=url, delay=0.4), name)
+    res = run_study("run", "--study", "fast", "--workers", "2", "--timeout", "4", cwd=fast_project)
+    assert res.returncode == 0, res.stderr
+    assert "Stopped by --timeout" in res.stdout
+    study = _load(name, url)
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert 0 < len(finished) < 50
+    assert not study.get_trials(states=(TrialState.RUNNING,))
