@@ -592,6 +592,127 @@ def train(
     out.print("best: " + ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()), highlight=False)
 
 
+@app.command("promote-best")
+@handle_errors
+def promote_best_cmd(
+    study: StudyOpt = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="How many of the best configs to retrain.")] = 1,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs (default: the spec's promote.epochs or run.epochs).")
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per config.")] = 1,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue candidates from their last checkpoint.")] = False,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL.", envvar="SIGNTUNE_STORAGE", show_envvar=False)
+    ] = None,
+) -> None:
+    """Retrain the best config(s) on the full training split with checkpoints; test the winner."""
+    from signtune.promote import promote_best
+
+    _quiet()
+    problems = [
+        Problem(f"--{n}", f"must be >= 1, but got {v}", f"e.g. --{n} 1")
+        for n, v in (("top-k", top_k), ("seeds", seeds), ("epochs", epochs if epochs is not None else 1))
+        if v < 1
+    ]
+    if problems:
+        raise ConfigError(problems)
+    spec, _, task = _load(study, {"storage": storage})
+    task.prepare(spec)
+
+    def on_epoch(name: str, epoch: int, metrics: dict[str, float]) -> None:
+        err.print(
+            f"{name} epoch {epoch}: val_bleu {metrics['val_bleu']:.2f} train_loss {metrics['train_loss']:.3f}",
+            highlight=False,
+        )
+
+    result = promote_best(spec, top_k=top_k, epochs=epochs, seeds=seeds, resume=resume, on_epoch=on_epoch)
+    t = result.test
+    out.print(
+        f"winner: trial {result.winner.trial} seed {result.winner.seed}, val BLEU {result.winner.val_bleu:.2f}\n"
+        f"test (beam {t['beam_size']}): BLEU {t['bleu']:.2f} (1-4: {t['bleu1']:.1f}/{t['bleu2']:.1f}/"
+        f"{t['bleu3']:.1f}/{t['bleu4']:.1f}), chrF {t['chrf']:.2f}\n{t['bleu_signature']}\n{result.fidelity_note}\n"
+        f"model: {result.out_dir}",
+        highlight=False,
+    )
+
+
+@app.command()
+@handle_errors
+def translate(
+    model: Annotated[Path, typer.Option("--model", help="A promoted model folder (studies/<name>/promoted).")],
+    inputs: Annotated[list[Path] | None, typer.Argument(help="Feature files (.npy/.pt) or folders of them.")] = None,
+    manifest: Annotated[Path | None, typer.Option(help="A How2Sign-style TSV manifest instead of files.")] = None,
+    features: Annotated[Path | None, typer.Option(help="Features folder for --manifest (default: beside it).")] = None,
+    beam: Annotated[int, typer.Option(help="Beam size (1 = greedy).")] = 5,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write .tsv or .json here (default: TSV to stdout).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Translate sign clips with a promoted model (batched, CPU or GPU)."""
+    import json as _json
+
+    from signtune.config import EvalConfig
+    from signtune.data.features import load_feature, resolve_feature_path
+    from signtune.promote import load_promoted
+    from signtune.train.loop import resolve_device
+    from signtune.train.loop import translate as translate_clips
+
+    if beam < 1:
+        raise ConfigError(Problem("--beam", f"must be >= 1, but got {beam}", "e.g. --beam 5"))
+    if not inputs and manifest is None:
+        raise ConfigError(
+            Problem(
+                "study translate",
+                "needs feature files, a folder or --manifest",
+                "e.g. study translate --model studies/demo/promoted clip.npy",
+            )
+        )
+    net, tokenizer, meta = load_promoted(model)
+    dim = int(meta["feature_dim"])
+    items: list[tuple[str, Path]] = []
+    if manifest is not None:
+        from signtune.data.manifest import read_manifest
+
+        feats_dir = features or manifest.parent / "features"
+        for row in read_manifest(manifest, format="how2sign", id_column="SENTENCE_NAME", text_column="SENTENCE"):
+            path = resolve_feature_path(feats_dir, row.id)
+            if path is None:
+                raise ConfigError(
+                    Problem(
+                        f"{manifest}: row {row.row}",
+                        f"no feature file for id {row.id!r} in {feats_dir}",
+                        "check --features",
+                    )
+                )
+            items.append((row.id, path))
+    for p in inputs or []:
+        if p.is_dir():
+            items += [(f.stem, f) for f in sorted(p.iterdir()) if f.suffix in (".npy", ".pt")]
+        elif p.is_file():
+            items.append((p.stem, p))
+        else:
+            raise ConfigError(Problem(str(p), "does not exist", "pass .npy/.pt files or a folder of them"))
+    clips = [load_feature(path, feature_dim=dim) for _, path in items]
+    dev = resolve_device(device)
+    net.to(dev)
+    eval_cfg = EvalConfig(**meta["eval"])
+    hyps = translate_clips(
+        net, clips, tokenizer, eval_cfg, dev, beam_size=beam, max_frames=int(meta["data"]["max_frames"])
+    )
+    if out_file is not None and out_file.suffix == ".json":
+        out_file.write_text(
+            _json.dumps([{"id": i, "hypothesis": h} for (i, _), h in zip(items, hyps, strict=True)], indent=2)
+        )
+        return
+    text = "id\thypothesis\n" + "".join(f"{i}\t{h}\n" for (i, _), h in zip(items, hyps, strict=True))
+    if out_file is not None:
+        out_file.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
 @data_app.command("synth")
 @handle_errors
 def data_synth(

@@ -33,6 +33,8 @@ class Faults:
                 self.probability, self.seed = float(p), int(seed)
                 continue
             kind, _, number = part.partition("@")
+            if kind == "promote_kill":
+                continue
             if kind not in KINDS or not number.isdigit():
                 raise ValueError(f"SIGNTUNE_FAULTS: bad entry {part!r}; use KIND@N with KIND in {KINDS}")
             self.fixed[int(number)] = kind
@@ -47,6 +49,15 @@ class Faults:
             if rng.random() < self.probability:
                 return rng.choice(RANDOM_KINDS)
         return None
+
+
+def kill_after_epoch() -> int | None:
+    """``SIGNTUNE_FAULTS=promote_kill@N``: promote-best SIGKILLs itself after epoch N's checkpoint."""
+    for part in os.environ.get("SIGNTUNE_FAULTS", "").split(","):
+        kind, _, number = part.strip().partition("@")
+        if kind == "promote_kill" and number.isdigit():
+            return int(number)
+    return None
 
 
 def from_env() -> Faults | None:

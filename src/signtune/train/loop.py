@@ -60,6 +60,20 @@ class FitResult:
     model: nn.Module | None = field(default=None, compare=False, repr=False)
 
 
+@dataclass
+class TrainState:
+    """Everything needed to continue training after ``epoch`` (a checkpoint's content)."""
+
+    epoch: int
+    step: int
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: torch.Tensor
+    history: list[dict[str, float]]
+    best: dict[str, float]
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)
@@ -82,9 +96,7 @@ def resolve_device(name: str) -> torch.device:
             Problem("run.device", f"is not a device: {name!r} ({exc})", "use auto, cpu or cuda:N")
         ) from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            Problem("run.device", f"is {name!r}, but CUDA is not available", "use auto or cpu")
-        )
+        raise ConfigError(Problem("run.device", f"is {name!r}, but CUDA is not available", "use auto or cpu"))
     return device
 
 
@@ -102,6 +114,8 @@ def fit(
     report: Callable[[int, dict[str, float]], None] | None = None,
     device: torch.device | None = None,
     should_stop: Callable[[], bool] | None = None,
+    resume: TrainState | None = None,
+    on_epoch_end: Callable[[TrainState], None] | None = None,
 ) -> FitResult:
     """Train a ``SignTransformer`` on ``data.train``, scoring ``data.val`` after each epoch.
 
@@ -114,6 +128,10 @@ def fit(
             the exception propagates.
         device: overrides ``cfg.run.device``.
         should_stop: asked after each epoch; True ends training early (the result is kept).
+        resume: a state saved by ``on_epoch_end``: training goes on from the epoch after it,
+            with the model, optimizer, scheduler and RNG states restored.
+        on_epoch_end: called after each epoch (after ``report``) with the full training
+            state, e.g. to write a checkpoint.
 
     Returns:
         The best epoch's metrics, the history, and the trained model.
@@ -134,9 +152,7 @@ def fit(
     device = device if device is not None else resolve_device(cfg.run.device)
     amp = cfg.run.amp and device.type == "cuda"
 
-    model = build_model(
-        cfg.model, feature_dim=data.feature_dim, vocab_size=data.tokenizer.vocab_size
-    ).to(device)
+    model = build_model(cfg.model, feature_dim=data.feature_dim, vocab_size=data.tokenizer.vocab_size).to(device)
     optimizer = build_optimizer(model.named_groups(), cfg.optim, device)
 
     batches = make_batches(
@@ -147,9 +163,7 @@ def fit(
         max_frames=cfg.data.max_frames,
     )
     if not batches:
-        raise DataError(
-            Problem("data.train", "gives no batches (the split is empty)", "check data.subset")
-        )
+        raise DataError(Problem("data.train", "gives no batches (the split is empty)", "check data.subset"))
     # Length-aware batching may give a few more or fewer batches in later epochs; the
     # schedule then ends at min_lr a little early or stays there, which is harmless.
     accum = max(1, cfg.optim.grad_accum)
@@ -166,7 +180,15 @@ def fit(
     best: dict[str, float] = {}
     bleu_signature = ""
     step = 0
-    for epoch in range(1, cfg.run.epochs + 1):
+    first_epoch = 1
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
+        torch.set_rng_state(resume.rng)
+        history, best, step = list(resume.history), dict(resume.best), resume.step
+        first_epoch = resume.epoch + 1
+    for epoch in range(first_epoch, cfg.run.epochs + 1):
         epoch_started = time.perf_counter()
         if epoch > 1:
             batches = make_batches(
@@ -241,6 +263,19 @@ def fit(
             # May raise StopTrial (pruned); it propagates. This epoch is already in the
             # history and in ``best``, and the caller has seen every epoch's metrics.
             report(epoch, metrics)
+        if on_epoch_end is not None:
+            on_epoch_end(
+                TrainState(
+                    epoch=epoch,
+                    step=step,
+                    model=model.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(),
+                    rng=torch.get_rng_state(),
+                    history=list(history),
+                    best=dict(best),
+                )
+            )
         if should_stop is not None and should_stop():
             break
 
@@ -256,9 +291,7 @@ def fit(
     )
 
 
-def _pad_frames(
-    features: list[np.ndarray], max_frames: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad_frames(features: list[np.ndarray], max_frames: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack ``(T_i, D)`` arrays into ``(B, T, D)`` frames and a ``(B, T)`` real-frame mask."""
     lengths = [len(f) if max_frames is None else min(len(f), max_frames) for f in features]
     frames = np.zeros((len(features), max(lengths), features[0].shape[1]), dtype=np.float32)
@@ -299,29 +332,37 @@ def evaluate(
         ``corpus_scores`` of the split (``bleu``, ``chrf``, ``bleu1``..``bleu4``, signatures)
         and the hypotheses in split order.
     """
+    hyps = translate(model, split.features, tokenizer, cfg, device, beam_size=beam_size, amp=amp, max_frames=max_frames)
+    scores = corpus_scores(hyps, split.texts, tokenize=cfg.bleu_tokenize, lowercase=cfg.lowercase)
+    return scores, hyps
+
+
+def translate(
+    model: IncrementalDecoder[Any],
+    features: list[np.ndarray],
+    tokenizer: TextTokenizer,
+    cfg: EvalConfig,
+    device: torch.device,
+    *,
+    beam_size: int | None = None,
+    amp: bool = False,
+    max_frames: int | None = None,
+) -> list[str]:
+    """Translate clips in batches sorted by length; the texts come back in input order."""
     beam = cfg.beam_size if beam_size is None else beam_size
-    order = sorted(range(len(split)), key=lambda i: len(split.features[i]), reverse=True)
-    hyps: list[str] = [""] * len(split)
+    order = sorted(range(len(features)), key=lambda i: len(features[i]), reverse=True)
+    hyps: list[str] = [""] * len(features)
     for start in range(0, len(order), cfg.batch_size):
         index = order[start : start + cfg.batch_size]
-        src, src_mask = _pad_frames([split.features[i] for i in index], max_frames)
+        src, src_mask = _pad_frames([features[i] for i in index], max_frames)
         src, src_mask = src.to(device), src_mask.to(device)
         with _autocast(device, amp):
             if beam == 1:
-                ids = greedy_decode(
-                    model, src, src_mask, max_len=cfg.max_len, bos_id=BOS_ID, eos_id=EOS_ID
-                )
+                ids = greedy_decode(model, src, src_mask, max_len=cfg.max_len, bos_id=BOS_ID, eos_id=EOS_ID)
             else:
                 ids = beam_search(
-                    model,
-                    src,
-                    src_mask,
-                    beam_size=beam,
-                    max_len=cfg.max_len,
-                    bos_id=BOS_ID,
-                    eos_id=EOS_ID,
+                    model, src, src_mask, beam_size=beam, max_len=cfg.max_len, bos_id=BOS_ID, eos_id=EOS_ID
                 )
         for i, row in zip(index, ids, strict=True):
             hyps[i] = tokenizer.decode(row)
-    scores = corpus_scores(hyps, split.texts, tokenize=cfg.bleu_tokenize, lowercase=cfg.lowercase)
-    return scores, hyps
+    return hyps

@@ -1,0 +1,109 @@
+"""promote-best and translate on a tiny study: checkpoints, resume, test metrics, safe loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+STUDY = [sys.executable, "-m", "signtune.cli"]
+pytestmark = pytest.mark.slow
+
+
+def study(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.run([*STUDY, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=full)
+
+
+@pytest.fixture(scope="module")
+def tuned_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny study tuned once per module (2 trials); tests work on copies of it."""
+    from tests.e2e.conftest import TINY_SPACE, tiny_spec
+
+    root = tmp_path_factory.mktemp("tuned")
+    (root / "studies" / "tiny").mkdir(parents=True)
+    (root / "search_spaces").mkdir()
+    (root / "search_spaces" / "tiny.yaml").write_text(TINY_SPACE)
+    text = (
+        tiny_spec(trials=2)
+        .replace("budget: {trials: 2, subset: 1.0}", "budget: {trials: 2, subset: 0.5}")
+        .replace("run.epochs: 3", "run.epochs: 2")
+        .replace("pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}", "pruner: {name: none}")
+        + "promote: {beam_size: 3}\n"
+    )
+    (root / "studies" / "tiny" / "study.yaml").write_text(text)
+    res = study("run", "--study", "tiny", "--no-tracking", cwd=root)
+    assert res.returncode == 0, res.stderr
+    return root
+
+
+@pytest.fixture
+def tuned(tuned_once: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(tuned_once, tmp_path / "p")
+    return tmp_path / "p"
+
+
+def test_promote_best_then_translate(tuned: Path) -> None:
+    res = study("promote-best", "--study", "tiny", "--top-k", "2", "--epochs", "3", cwd=tuned)
+    assert res.returncode == 0, res.stderr
+    out = tuned / "studies" / "tiny" / "promoted"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "metrics.json", "predictions.tsv", "provenance.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    test = metrics["test"]
+    assert 0.0 <= test["bleu"] <= 100.0 and test["beam_size"] == 3
+    assert {"bleu1", "bleu2", "bleu3", "bleu4", "chrf", "bleu_signature"} <= set(test)
+    assert len(metrics["candidates"]) == 2 and metrics["fidelity_spearman"] is not None
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["study"] == "tiny" and prov["hashes"]["how2sign_realigned_train.csv"]
+    assert {"torch", "optuna"} <= set(prov["versions"])
+    for cand in (out / "candidates").iterdir():
+        assert (cand / "best" / "model.safetensors").is_file() and (cand / "last" / "state.pt").is_file()
+
+    # translate on the test split reproduces predictions.tsv exactly
+    data = tuned / "studies" / "tiny" / "data"
+    res = study("translate", "--model", str(out), "--manifest", str(data / "how2sign_realigned_test.csv"), "--beam", "3", cwd=tuned)
+    assert res.returncode == 0, res.stderr
+    expected = [line.split("\t") for line in (out / "predictions.tsv").read_text().splitlines()[1:]]
+    got = [line.split("\t") for line in res.stdout.splitlines()[1:]]
+    assert [(i, h) for i, _, h in expected] == [(i, h) for i, h in got]
+
+
+def test_promote_resume_after_a_kill(tuned: Path) -> None:
+    killed = study("promote-best", "--study", "tiny", "--epochs", "4", cwd=tuned, env={"SIGNTUNE_FAULTS": "promote_kill@2"})
+    assert killed.returncode != 0
+    res = study("promote-best", "--study", "tiny", "--epochs", "4", "--resume", cwd=tuned)
+    assert res.returncode == 0, res.stderr
+    assert "epoch 3:" in res.stderr and "epoch 1:" not in res.stderr  # the epoch counter goes on
+    resumed = json.loads((tuned / "studies" / "tiny" / "promoted" / "metrics.json").read_text())["winner"]
+    assert resumed["epochs"] == 4
+    fresh = study("promote-best", "--study", "tiny", "--epochs", "4", cwd=tuned)
+    assert fresh.returncode == 0, fresh.stderr
+    uninterrupted = json.loads((tuned / "studies" / "tiny" / "promoted" / "metrics.json").read_text())["winner"]
+    assert resumed["val_bleu"] == pytest.approx(uninterrupted["val_bleu"], abs=0.5)
+
+
+def test_translate_refuses_a_pickled_model(tmp_path: Path) -> None:
+    import torch
+
+    model_dir = tmp_path / "promoted"
+    model_dir.mkdir()
+    marker = tmp_path / "MARKER"
+
+    class Evil:
+        def __reduce__(self):  # runs on unpickling
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"x": Evil()}, model_dir / "model.pt")
+    res = study("translate", "--model", str(model_dir), str(model_dir / "model.pt"), cwd=tmp_path)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr and "is missing" in res.stderr
+    clip = tmp_path / "clip.pt"
+    torch.save({"features": Evil()}, clip)
+    assert not marker.exists()
