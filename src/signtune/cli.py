@@ -36,6 +36,16 @@ err = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Optuna storage URL (sqlite:///, postgresql+psycopg://, journal:///); default from the spec. "
+        "Env: SIGNTUNE_STORAGE.",
+        envvar="SIGNTUNE_STORAGE",
+        show_envvar=False,
+    ),
+]
+
 StudyOpt = Annotated[
     str | None,
     typer.Option("--study", "-s", help="Study name under ./studies, a folder, or a study.yaml path. Default: demo."),
@@ -135,14 +145,7 @@ def run(
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per trial.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds after which no new trial starts.")] = None,
-    storage: Annotated[
-        str | None,
-        typer.Option(
-            help="Optuna storage URL (sqlite:///, postgresql+psycopg://, journal:///); env SIGNTUNE_STORAGE.",
-            envvar="SIGNTUNE_STORAGE",
-            show_envvar=False,
-        ),
-    ] = None,
+    storage: StorageOpt = None,
     tracking_uri: Annotated[
         str | None,
         typer.Option(
@@ -322,9 +325,7 @@ def export(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Folder to write (default studies/<name>/export).")
     ] = None,
-    storage: Annotated[
-        str | None, typer.Option(help="Optuna storage URL.", envvar="SIGNTUNE_STORAGE", show_envvar=False)
-    ] = None,
+    storage: StorageOpt = None,
 ) -> None:
     """Write best_params.json, trials.csv and HTML plots for a study."""
     from signtune.export import export_study
@@ -340,9 +341,7 @@ def export(
 @handle_errors
 def status(
     study: StudyOpt = None,
-    storage: Annotated[
-        str | None, typer.Option(help="Optuna storage URL.", envvar="SIGNTUNE_STORAGE", show_envvar=False)
-    ] = None,
+    storage: StorageOpt = None,
 ) -> None:
     """Show trial counts per state, the best value and the running trials."""
     import datetime as dt
@@ -396,9 +395,7 @@ def status(
 @handle_errors
 def create(
     study: StudyOpt = None,
-    storage: Annotated[
-        str | None, typer.Option(help="Optuna storage URL.", envvar="SIGNTUNE_STORAGE", show_envvar=False)
-    ] = None,
+    storage: StorageOpt = None,
     trials: Annotated[int | None, typer.Option("--trials", "-n", help="The study's budget.")] = None,
     subset: Annotated[float | None, typer.Option(help="Fraction of the train split.")] = None,
 ) -> None:
@@ -418,9 +415,7 @@ def create(
 @handle_errors
 def report(
     study: StudyOpt = None,
-    storage: Annotated[
-        str | None, typer.Option(help="Optuna storage URL.", envvar="SIGNTUNE_STORAGE", show_envvar=False)
-    ] = None,
+    storage: StorageOpt = None,
 ) -> None:
     """Write the single-file report (and the other exports) to studies/<name>/export/."""
     from signtune.export import export_study
@@ -436,9 +431,7 @@ def report(
 @handle_errors
 def dashboard(
     study: StudyOpt = None,
-    storage: Annotated[
-        str | None, typer.Option(help="Optuna storage URL.", envvar="SIGNTUNE_STORAGE", show_envvar=False)
-    ] = None,
+    storage: StorageOpt = None,
     host: Annotated[
         str, typer.Option(help="Address to bind; keep 127.0.0.1 unless others must reach it.")
     ] = "127.0.0.1",
@@ -491,14 +484,7 @@ def mlflow_ui(
 @handle_errors
 def worker(
     study: StudyOpt = None,
-    storage: Annotated[
-        str | None,
-        typer.Option(
-            help="Shared Optuna storage URL (e.g. postgresql+psycopg://...); env SIGNTUNE_STORAGE.",
-            envvar="SIGNTUNE_STORAGE",
-            show_envvar=False,
-        ),
-    ] = None,
+    storage: StorageOpt = None,
     trials: Annotated[
         int | None, typer.Option("--trials", "-n", help="The study's total budget of finished trials.")
     ] = None,
@@ -548,9 +534,7 @@ def worker(
 @handle_errors
 def reap(
     study: StudyOpt = None,
-    storage: Annotated[
-        str | None, typer.Option(help="Optuna storage URL.", envvar="SIGNTUNE_STORAGE", show_envvar=False)
-    ] = None,
+    storage: StorageOpt = None,
 ) -> None:
     """Fail trials left RUNNING by workers that are gone (dead pid on this host, or stale heartbeat)."""
     from signtune.runner import reap as reap_trials
@@ -602,9 +586,7 @@ def promote_best_cmd(
     ] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per config.")] = 1,
     resume: Annotated[bool, typer.Option("--resume", help="Continue candidates from their last checkpoint.")] = False,
-    storage: Annotated[
-        str | None, typer.Option(help="Optuna storage URL.", envvar="SIGNTUNE_STORAGE", show_envvar=False)
-    ] = None,
+    storage: StorageOpt = None,
 ) -> None:
     """Retrain the best config(s) on the full training split with checkpoints; test the winner."""
     from signtune.promote import promote_best
