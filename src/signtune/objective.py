@@ -141,7 +141,12 @@ class Objective:
             reason = _failure_reason(exc)
             if reason == "oom":
                 free_accelerator_memory()
-            finish("failed", reason, error=traceback.format_exc(limit=8)[-2000:])
+            finish(
+                "failed",
+                reason,
+                error=f"{type(exc).__name__}: {exc}"[:2000],
+                traceback=traceback.format_exc(limit=8)[-4000:],
+            )
             raise
         value = result.metrics.get(metric)
         if value is None or not math.isfinite(float(value)):

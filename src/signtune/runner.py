@@ -260,7 +260,10 @@ def worker_loop(
             if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
                 stats.stopped_by = "failures"
                 error = trial.user_attrs.get("error", "see the trials' user attrs")
-                raise StudyError(f"{consecutive_failures} trials in a row failed; stopping. Last error:\n{error}")
+                raise StudyError(
+                    f"{consecutive_failures} trials in a row failed; stopping. Last error (trial {trial.number}): "
+                    f"{error}. The full traceback is in the trial's `traceback` user attr."
+                )
         else:
             consecutive_failures = 0
         if on_trial_end is not None and trial is not None:

@@ -20,6 +20,7 @@ def param_groups(
     lr: float,
     ratios: dict[str, float],
     weight_decay: float,
+    include_frozen: bool = False,
 ) -> list[dict[str, Any]]:
     """Optimizer param groups: lr ``lr * ratios.get(name, 1)``, weight decay on matrices only.
 
@@ -34,6 +35,8 @@ def param_groups(
         lr: the base learning rate.
         ratios: lr multiplier by group name; missing names get 1.0.
         weight_decay: AdamW's decoupled weight decay for the decayed half.
+        include_frozen: keep frozen parameters in their groups, for a model whose blocks are
+            unfrozen later (``signtune.train.freeze``): they train once unfrozen.
 
     Raises:
         ValueError: a parameter is in two groups, or ``ratios`` names a group that isn't there.
@@ -50,7 +53,7 @@ def param_groups(
             if id(p) in seen:
                 raise ValueError(f"a parameter is in both group {seen[id(p)]!r} and {name!r}")
             seen[id(p)] = name
-            if p.requires_grad:
+            if p.requires_grad or include_frozen:
                 (decay if p.ndim >= 2 else no_decay).append(p)
         group_lr = lr * ratios.get(name, 1.0)
         if decay:
@@ -68,6 +71,7 @@ def build_optimizer(
     device: torch.device | str,
     *,
     ratios: dict[str, float] | None = None,
+    include_frozen: bool = False,
 ) -> torch.optim.AdamW:
     """AdamW over ``groups`` with the ``optim`` config.
 
@@ -78,10 +82,11 @@ def build_optimizer(
         device: where the parameters live; picks the fastest AdamW implementation.
         ratios: lr multipliers by group name (default ``{"encoder": cfg.encoder_lr_ratio}`` when
             there is an ``encoder`` group).
+        include_frozen: keep frozen parameters in the optimizer so they train once unfrozen.
     """
     if ratios is None:
         ratios = {"encoder": cfg.encoder_lr_ratio} if "encoder" in groups else {}
-    pgs = param_groups(groups, lr=cfg.lr, ratios=ratios, weight_decay=cfg.weight_decay)
+    pgs = param_groups(groups, lr=cfg.lr, ratios=ratios, weight_decay=cfg.weight_decay, include_frozen=include_frozen)
     betas = (cfg.beta1, cfg.beta2)
     if torch.device(device).type == "cuda":
         # One fused kernel for all parameters instead of several launches per tensor.

@@ -1,0 +1,83 @@
+"""Plug-in tasks: the digits example end to end, and clear errors for broken plug-ins."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = [sys.executable, "-m", "signtune.cli"]
+
+
+def run(*args: str, cwd: Path, pythonpath: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(pythonpath)}
+    return subprocess.run([*STUDY, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_digits_example_with_two_workers(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn", reason="the digits example needs scikit-learn (pip install -e .[dev])")
+    ex = tmp_path / "digits"
+    shutil.copytree(ROOT / "examples" / "digits", ex)
+    spec = ex / "study.yaml"
+    spec.write_text(spec.read_text().replace("run.epochs: 8", "run.epochs: 5").replace("trials: 12", "trials: 8"))
+    res = run("run", "--study", str(spec), "--workers", "2", cwd=tmp_path, pythonpath=ex)
+    assert res.returncode == 0, res.stderr
+    study = optuna.load_study(study_name="digits", storage=f"sqlite:///{ex / 'study.db'}")
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 8
+    assert TrialState.PRUNED in states, "the lr=1e-4, fully frozen config is pruned against the good one"
+    assert study.best_value > 80.0  # digits accuracy in %, from a pretrained backbone
+    for name in ("best_params.json", "trials.csv", "report.html"):
+        assert (ex / "export" / name).is_file()
+    import mlflow
+
+    runs = mlflow.MlflowClient(tracking_uri=f"sqlite:///{ex / 'mlflow.db'}").search_runs(
+        [mlflow.MlflowClient(tracking_uri=f"sqlite:///{ex / 'mlflow.db'}").get_experiment_by_name("digits").experiment_id]
+    )
+    assert sum(r.data.tags.get("signtune.role") == "trial" for r in runs) == len(study.trials)
+
+
+BROKEN = {
+    "raises": "def objective(config, report, ctx):\n    raise ValueError('boom from plug-in')\n",
+    "returns": "def objective(config, report, ctx):\n    report(1, {'score': 1.0})\n    return 'not a dict'\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN))
+def test_broken_plugin_fails_trials_clearly_and_the_study_survives(fast_project: Path, kind: str) -> None:
+    from tests.runner.conftest import fast_spec
+
+    (fast_project / "broken.py").write_text(BROKEN[kind])
+    text = fast_spec(trials=2).replace("task: fastplug:objective", "task: broken:objective")
+    (fast_project / "studies" / "fast" / "study.yaml").write_text(text)
+    res = run("run", "--study", "fast", cwd=fast_project, pythonpath=fast_project)
+    assert res.returncode == 2, res.stderr  # 5 failures in a row stop the study with the error
+    assert "Traceback" not in res.stderr
+    assert ("boom from plug-in" if kind == "raises" else "must return a dict of metric names to numbers") in res.stderr
+    study = optuna.load_study(study_name="fast", storage="sqlite:///studies/fast/study.db")
+    started = [t for t in study.trials if t.state != TrialState.WAITING]
+    assert len(started) == 5 and all(t.state == TrialState.FAIL for t in started)
+    assert all(t.user_attrs["reason"] == "error" and "traceback" in t.user_attrs for t in started)
+
+
+@pytest.mark.parametrize(
+    ("task", "fragment"),
+    [("nosuchmod:objective", "cannot import module 'nosuchmod'"), ("fastplug:nosuchfn", "has no callable 'nosuchfn'")],
+)
+def test_missing_plugin_is_a_config_error(fast_project: Path, task: str, fragment: str) -> None:
+    from tests.runner.conftest import fast_spec
+
+    text = fast_spec(trials=2).replace("task: fastplug:objective", f"task: {task}")
+    (fast_project / "studies" / "fast" / "study.yaml").write_text(text)
+    res = run("run", "--study", "fast", cwd=fast_project, pythonpath=fast_project)
+    assert res.returncode == 2 and fragment in res.stderr and "Traceback" not in res.stderr
+    assert not (fast_project / "studies" / "fast" / "study.db").exists()
