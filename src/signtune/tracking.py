@@ -92,7 +92,10 @@ class Tracker:
             if exp is not None:
                 self._experiment_id = exp.experiment_id
             else:
-                location = self.artifact_dir.resolve().as_uri() if self.artifact_dir else None
+                # A tracking server stores artifacts itself (--artifacts-destination), where every
+                # host browsing it can read them; a local folder is only right for a local store.
+                served = self.uri.startswith(("http://", "https://", "databricks"))
+                location = self.artifact_dir.resolve().as_uri() if self.artifact_dir and not served else None
                 try:
                     self._experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
                 except Exception:  # another process created it first
