@@ -521,9 +521,14 @@ def _supervise(
                 # Died without cleaning up (SIGKILL, OOM-kill, crash): fail its trial now,
                 # give its slot back, and start a replacement if work remains.
                 dead_pids.add(p.pid)
-                reaped = reap_dead(spec, study, {p.pid})
+                reap_dead(spec, study, {p.pid})
+                # Recount the slots from storage (finished + running) rather than trusting the
+                # dead worker's bookkeeping: it may have died between claiming and asking.
+                counts = count_states(study)
                 with claimed.get_lock():
-                    claimed.value -= len(reaped)
+                    claimed.value = (
+                        counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING]
+                    )
                 if restarts >= max_restarts:
                     _stop_workers(procs)
                     raise StudyError(

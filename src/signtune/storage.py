@@ -100,6 +100,24 @@ def _with_retry(make: Callable[[], T], attempts: int = 6) -> T:
     raise AssertionError("unreachable")
 
 
+def _serialize_sqlite_writes(engine: Any) -> None:
+    """Start every transaction of ``engine`` (an Optuna SQLite storage's) with BEGIN IMMEDIATE.
+
+    SQLite ignores SELECT ... FOR UPDATE, and pysqlite runs a SELECT outside any transaction,
+    so two workers could both read a WAITING trial (enqueued, or a retry) and both run it.
+    Taking the write lock at BEGIN makes the read-then-claim atomic; waiters queue on the busy
+    timeout. Hooked after the storage is built, so its own schema set-up runs as before.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn: Any) -> None:
+        dbapi = conn.connection.dbapi_connection
+        if dbapi.isolation_level is not None:
+            dbapi.isolation_level = None  # let this BEGIN, not pysqlite's, open the transaction
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def create_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseStorage:
     """Open the Optuna storage at ``url``.
 
@@ -135,7 +153,10 @@ def create_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseS
                     "grace_period": GRACE_PERIOD_S,
                     "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1),
                 }
-            return _with_retry(lambda: RDBStorage(url, engine_kwargs=engine_kwargs, **hb))
+            storage = _with_retry(lambda: RDBStorage(url, engine_kwargs=engine_kwargs, **hb))
+        if url.startswith("sqlite"):
+            _serialize_sqlite_writes(storage.engine)
+        return storage
     except Exception as exc:  # driver errors carry the URL; never show the password
         raise StudyError(
             Problem(

@@ -84,16 +84,12 @@ def _ask_at_once(url: str, name: str, rounds: int, barrier: Any, out: Any) -> No
     out.put(numbers)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SQLite ignores SELECT ... FOR UPDATE and pysqlite runs the SELECT outside a transaction, so "
-    "two workers popping one WAITING trial (enqueue, retries) both set it RUNNING and run it; "
-    "fix: BEGIN IMMEDIATE for SQLite transactions in signtune.storage.create_storage",
-)
 def test_a_waiting_trial_goes_to_one_worker(tmp_path: Path) -> None:
     """Enqueued configs (study.yaml enqueue, retries of failed trials) must each run once.
 
-    When two workers run one trial, the slower one's tell raises "Cannot tell a COMPLETE trial",
+    SQLite ignores SELECT ... FOR UPDATE; signtune's storage starts SQLite transactions with
+    BEGIN IMMEDIATE so that one worker at a time pops a WAITING trial. Without it, when two
+    workers run one trial, the slower one's tell raises "Cannot tell a COMPLETE trial",
     the worker process dies, its budget slot is lost (the study ends one trial short, exit 0),
     and MLflow keeps two child runs for that trial number, one of them RUNNING forever.
     """
