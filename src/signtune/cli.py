@@ -563,15 +563,15 @@ def train(
 
     spec, _, task = _load(study, {"budget.subset": subset, "fixed.run.epochs": epochs})
     values = parse_sets(set_ or [])
-    cfg = apply_overrides(spec.base, {**values, "data.subset": spec.budget.subset}, where="--set")
+    if spec.task == "sign2text":  # typed config: unknown keys and wrong types are named at once
+        apply_overrides(spec.base, values, where="--set")
+    cfg = task.make_config(spec, values)
     task.prepare(spec)
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         out.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()), highlight=False)
 
-    ctx = TrialContext(
-        resolve_device(cfg.run.device), cfg.run.seed, spec.budget.subset, -1, spec.dir / ".scratch", spec.dir
-    )
+    ctx = TrialContext(resolve_device(spec.device), spec.seed, spec.budget.subset, -1, spec.dir / ".scratch", spec.dir)
     result = task.fit(cfg, report, ctx)
     out.print("best: " + ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()), highlight=False)
 

@@ -33,7 +33,8 @@ def export_study(study: optuna.Study, spec: StudySpec, out_dir: Path | None = No
     tmp.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared
     try:
         trials = study.get_trials(deepcopy=False)
-        (tmp / "best_params.json").write_text(json.dumps(best_params_doc(study, spec), indent=2, default=str) + "\n")
+        doc = masked(best_params_doc(study, spec))
+        (tmp / "best_params.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
         write_trials_csv(trials, tmp / "trials.csv")
         figures = {name: _figure(study, name) for name in PLOTS}
         for name, fig in figures.items():
@@ -50,12 +51,28 @@ def export_study(study: optuna.Study, spec: StudySpec, out_dir: Path | None = No
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise StudyError(
-            f"cannot write the export to {out}: {exc.strerror or exc}; free disk space or pick another folder with --out. The study itself is intact."
+            f"cannot write the export to {out}: {exc.strerror or exc}; free disk space or pick another folder "
+            "with --out. The study itself is intact."
         ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def masked(obj: Any) -> Any:
+    """``obj`` with the password of every URL in its strings replaced by ``***``.
+
+    A fixed config value such as ``db_url: postgresql+psycopg://user:PW@host/db`` must not reach
+    an exported file.
+    """
+    if isinstance(obj, str):
+        return mask_url(obj)
+    if isinstance(obj, dict):
+        return {masked(k): masked(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [masked(v) for v in obj]
+    return obj
 
 
 def best_params_doc(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
@@ -112,9 +129,11 @@ def write_trials_csv(trials: list[FrozenTrial], path: Path) -> None:
         w.writerow(["number", "state", "value", *attr_names, *param_names])
         for t in trials:
             w.writerow(
-                [t.number, t.state.name, "" if t.value is None else t.value]
-                + [t.user_attrs.get(a, "") for a in attr_names]
-                + [t.params.get(p, "") for p in param_names]
+                masked(
+                    [t.number, t.state.name, "" if t.value is None else t.value]
+                    + [t.user_attrs.get(a, "") for a in attr_names]
+                    + [t.params.get(p, "") for p in param_names]
+                )
             )
 
 
@@ -166,8 +185,11 @@ def report_html(study: optuna.Study, spec: StudySpec, figures: dict[str, Any] | 
     figures = figures or {name: _figure(study, name) for name in PLOTS}
     trials = study.get_trials(deepcopy=False)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
-    doc = best_params_doc(study, spec)
-    esc = html.escape
+    doc = masked(best_params_doc(study, spec))
+
+    def esc(text: str) -> str:
+        return html.escape(mask_url(text))
+
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>signtune report: {esc(study.study_name)}</title>",
@@ -207,7 +229,8 @@ def report_html(study: optuna.Study, spec: StudySpec, figures: dict[str, Any] | 
 
 def _kv_table(d: dict[str, Any]) -> str:
     rows = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(mask_url(str(v)))}</td></tr>" for k, v in d.items()
+        f"<tr><th>{html.escape(mask_url(str(k)))}</th><td>{html.escape(mask_url(str(v)))}</td></tr>"
+        for k, v in d.items()
     )
     return f"<table>{rows}</table>"
 
@@ -221,7 +244,7 @@ def _leaderboard(study: optuna.Study, spec: StudySpec, top: int = 15) -> str:
     for t in done[:top]:
         cells = [t.number, f"{t.value:.3f}", t.user_attrs.get("epochs_run", ""), t.user_attrs.get("wall_time_s", "")]
         cells += [_fmt(t.params.get(n, "")) for n in names]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+        rows.append("<tr>" + "".join(f"<td>{html.escape(mask_url(str(c)))}</td>" for c in cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>" if rows else "<p>No complete trial yet.</p>"
 
 

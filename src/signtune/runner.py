@@ -17,6 +17,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
@@ -91,6 +92,13 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 def open_study(spec: StudySpec, *, create: bool = True, heartbeat: bool = True, seed_offset: int = 0) -> optuna.Study:
     """Create (or load) the study named in ``spec`` on its storage."""
+    if not create:
+        path = spec.storage.split(":///", 1)[1] if spec.storage.startswith(("sqlite:///", "journal:///")) else None
+        if path is not None and not Path(path).exists():  # don't leave an empty database behind
+            raise StudyError(
+                f"no study named {spec.name!r}: {mask_url(spec.storage)} does not exist yet; "
+                f"run `study run --study {spec.name}` first"
+            )
     storage = create_storage(spec.storage, heartbeat=heartbeat)
     if not create:
         try:

@@ -101,6 +101,13 @@ def _dotted(value: str) -> str:
     return f"{mant}e{exp}" if exp else mant
 
 
+def _choice_key(choice: Any) -> tuple[str, Any]:
+    """Choices that are equal to Optuna (``32`` and ``32.0``) share a key; ``True`` is not ``1``."""
+    if isinstance(choice, int | float) and not isinstance(choice, bool):
+        return ("number", float(choice))
+    return (type(choice).__name__, choice)
+
+
 def _parse_param(name: str, spec: Any, where: str, problems: list[Problem]) -> BaseDistribution | None:
     if not isinstance(spec, dict):
         problems.append(
@@ -143,8 +150,12 @@ def _parse_param(name: str, spec: Any, where: str, problems: list[Problem]) -> B
                 )
             )
             return None
-        if len(set(map(repr, choices))) != len(choices):
-            problems.append(Problem(f"{where}.choices", f"has duplicates: {choices!r}", "list each choice once"))
+        keys = [_choice_key(c) for c in choices]
+        dups = [c for i, c in enumerate(choices) if keys[i] in keys[:i]]
+        if dups:
+            problems.append(
+                Problem(f"{where}.choices", f"has duplicates {dups!r} in {choices!r}", "list each choice once")
+            )
             return None
         return CategoricalDistribution(choices)
     integer = kind == "int"
@@ -216,6 +227,8 @@ def parse(path: Path, *, known_keys: set[str] | None = None, where_prefix: str =
         )
     params: list[Param] = []
     seen: dict[str, BaseDistribution] = {}
+    invalid: set[str] = set()  # params with a problem of their own, already reported
+    key_types = _config_types() if known_keys is not None else {}
     for name, spec in raw[where_prefix].items():
         where = f"{path}: {where_prefix}.{name}"
         if known_keys is not None and name not in known_keys:
@@ -226,7 +239,13 @@ def parse(path: Path, *, known_keys: set[str] | None = None, where_prefix: str =
             )
             continue
         dist = _parse_param(name, spec, where, problems)
+        if dist is not None and name in key_types:
+            type_problem = _check_type(name, dist, key_types[name], where)
+            if type_problem is not None:
+                problems.append(type_problem)
+                dist = None
         if dist is None:
+            invalid.add(name)
             continue
         when: list[tuple[str, tuple[Any, ...]]] = []
         cond = spec.get("when") if isinstance(spec, dict) else None
@@ -243,6 +262,8 @@ def parse(path: Path, *, known_keys: set[str] | None = None, where_prefix: str =
             for parent, allowed in cond.items():
                 values = tuple(allowed) if isinstance(allowed, list) else (allowed,)
                 parent_dist = seen.get(parent)
+                if parent in invalid:
+                    continue  # its own problem is reported; a second one here would mislead
                 if not isinstance(parent_dist, CategoricalDistribution):
                     problems.append(
                         Problem(
@@ -269,6 +290,47 @@ def parse(path: Path, *, known_keys: set[str] | None = None, where_prefix: str =
     if problems:
         raise ConfigError(problems)
     return SearchSpace(path, tuple(params))
+
+
+def _config_types() -> dict[str, Any]:
+    from signtune.config import config_keys
+
+    return config_keys()
+
+
+def _check_type(name: str, dist: BaseDistribution, tp: Any, where: str) -> Problem | None:
+    """A distribution whose values the config key cannot take fails every trial: say so now."""
+    from signtune.config import TrainConfig, apply_overrides
+
+    if isinstance(dist, CategoricalDistribution):
+        bad: list[str] = []
+        for choice in dist.choices:
+            try:
+                apply_overrides(TrainConfig(), {name: choice})
+            except ConfigError as exc:
+                bad.append(f"{choice!r} ({exc.problems[0].message})")
+        if bad:
+            return Problem(
+                f"{where}.choices", f"has values the config key cannot take: {', '.join(bad)}", "drop or fix them"
+            )
+        return None
+    if tp is int and isinstance(dist, FloatDistribution):
+        whole = dist.step is not None and float(dist.step).is_integer() and float(dist.low).is_integer()
+        if not whole:
+            return Problem(
+                f"{where}.type",
+                f"must be int for {name}, which takes whole numbers, but got type: float",
+                "write type: int",
+            )
+        return None
+    if tp not in (int, float):
+        return Problem(
+            f"{where}.type",
+            f"{'a float' if isinstance(dist, FloatDistribution) else 'an int'} range cannot set {name}, "
+            "which is not a number",
+            "write type: categorical with its allowed values",
+        )
+    return None
 
 
 def _check_heads(path: Path, prefix: str, dists: dict[str, BaseDistribution]) -> list[Problem]:
@@ -312,6 +374,18 @@ def check_params(space: SearchSpace, params: Mapping[str, Any], where: str) -> l
     """Problems with a fixed param set (an ``enqueue`` entry): unknown names, out-of-range values."""
     problems: list[Problem] = []
     for name, value in params.items():
+        param = next((p for p in space.params if p.name == name), None)
+        decided = param is not None and all(parent in params for parent, _ in param.when)
+        if param is not None and param.when and decided and not param.active(params):
+            cond = ", ".join(f"{parent} in {list(allowed)!r}" for parent, allowed in param.when)
+            problems.append(
+                Problem(
+                    f"{where}.{name}",
+                    f"is only searched when {cond}, so this entry's value would be ignored",
+                    f"drop {name} from this entry, or change its condition's value",
+                )
+            )
+            continue
         try:
             dist = space[name].distribution
         except KeyError:

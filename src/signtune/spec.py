@@ -142,6 +142,17 @@ _TOP_KEYS = {
 }
 
 
+# Spec keys the CLI can set, and the option that sets them (named in errors about their values).
+_FLAGS = {
+    "budget.trials": "--trials",
+    "budget.subset": "--subset",
+    "budget.timeout": "--timeout",
+    "fixed.run.epochs": "--epochs",
+    "storage": "--storage or SIGNTUNE_STORAGE",
+    "tracking.uri": "--tracking-uri or MLFLOW_TRACKING_URI",
+}
+
+
 def resolve_study_path(study: str | None) -> Path:
     """``--study`` value (a name, a directory or a yaml file) -> path of its study.yaml."""
     if study is None:
@@ -166,31 +177,70 @@ def resolve_study_path(study: str | None) -> Path:
     return path
 
 
+class _DuplicateKey(yaml.MarkedYAMLError):
+    """A mapping names the same key twice (PyYAML would silently keep the last one)."""
+
+
+class _StrictSafeLoader(yaml.SafeLoader):
+    """``SafeLoader`` (no Python tags, nothing is constructed but plain data) that also refuses
+    duplicate keys: a search space listing ``optim.lr`` twice must not drop one in silence."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden on purpose
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: PyYAML reports it below
+                continue
+            if first is not None:
+                raise _DuplicateKey(
+                    problem=f"duplicate key {key!r} (first on line {first})", problem_mark=key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> Any:
-    """Read a YAML file with ``safe_load``; syntax errors become a ConfigError with the line."""
+    """Read a YAML file with ``safe_load`` semantics; errors become a ConfigError with the line.
+
+    Only plain data is built: a ``!!python/...`` tag is refused, never constructed. A key
+    given twice in one mapping is an error, not a silent override.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(Problem(str(path), f"cannot be read ({exc.strerror})", "check the path")) from None
+    except UnicodeDecodeError:
+        raise ConfigError(Problem(str(path), "is not UTF-8 text", "save the file as UTF-8")) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictSafeLoader)  # a SafeLoader: plain data only
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}: line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(
-            Problem(where, f"is not valid YAML ({problem})", "fix the YAML syntax (indentation, colons, quotes)")
-        ) from None
+        if isinstance(exc, _DuplicateKey):
+            raise ConfigError(Problem(where, f"has a {problem}", "keep one of the two entries")) from None
+        fix = "fix the YAML syntax (indentation, colons, quotes)"
+        if "python/" in str(problem):
+            problem = f"{problem}; Python tags are refused: these files are read as plain data (yaml.safe_load)"
+            fix = "remove the !!python tag and write the plain value"
+        raise ConfigError(Problem(where, f"is not valid YAML ({problem})", fix)) from None
 
 
 class _Reader:
     """Pulls typed values out of a mapping, collecting problems instead of raising."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, overridden: set[str] | None = None) -> None:
         self.path = path
+        self.overridden = overridden or set()
         self.problems: list[Problem] = []
 
     def add(self, key: str, message: str, fix: str) -> None:
+        if key in self.overridden:  # the user will look for it in the file otherwise
+            message += f" (given by {_FLAGS.get(key, 'a command-line option')}, not the file)"
         self.problems.append(Problem(f"{self.path}: {key}", message, fix))
 
     def section(self, raw: dict[str, Any], key: str) -> dict[str, Any]:
@@ -236,7 +286,7 @@ def check_value(value: Any, tp: Any) -> Any:
     if origin is not None and type(None) in typing.get_args(tp):
         if value is None:
             return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        inner = next(a for a in typing.get_args(tp) if a is not type(None))
         return check_value(value, inner)
     if tp is bool and not isinstance(value, bool):
         raise ValueError(f"must be true or false, but got {value!r}")
@@ -296,7 +346,7 @@ def load_spec(study: str | Path | None = None, overrides: dict[str, Any] | None 
             )
         )
     raw = _apply_spec_overrides(raw, overrides or {})
-    r = _Reader(path)
+    r = _Reader(path, {k for k, v in (overrides or {}).items() if v is not None})
     for unknown in sorted(set(raw) - _TOP_KEYS):
         r.add(unknown, "is not a known key", f"use one of {sorted(_TOP_KEYS)}")
 
@@ -340,7 +390,8 @@ def load_spec(study: str | Path | None = None, overrides: dict[str, Any] | None 
                     r.add(prefix + key, p.message, p.fix)
     epochs = fixed.get("run.epochs", base.run.epochs)
     if isinstance(epochs, bool) or not isinstance(epochs, int):
-        r.add("fixed.run.epochs", f"must be an integer, but got {epochs!r}", "e.g. --epochs 8")
+        if not any(p.where.endswith(": fixed.run.epochs") for p in r.problems):  # the typed check said so
+            r.add("fixed.run.epochs", f"must be an integer, but got {epochs!r}", "e.g. --epochs 8")
         epochs = 1
 
     objective = r.dataclass_from(ObjectiveSpec, r.section(raw, "objective"), "objective")
@@ -375,6 +426,13 @@ def load_spec(study: str | Path | None = None, overrides: dict[str, Any] | None 
         )
     if epochs < 1:
         r.add("fixed.run.epochs", f"must be >= 1, but got {epochs}", "e.g. --epochs 8")
+
+    if tracking.uri is not None:
+        from signtune.tracking import check_tracking_uri
+
+        problem = check_tracking_uri(tracking.uri)
+        if problem:
+            r.add("tracking.uri", problem[0], problem[1])
 
     storage = raw.get("storage") or f"sqlite:///{(path.parent / 'study.db').as_posix()}"
     if not isinstance(storage, str):

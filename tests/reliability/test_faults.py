@@ -9,9 +9,9 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from tests.runner.conftest import fast_spec, study_cmd
 
 from signtune.storage import create_storage
-from tests.runner.conftest import fast_spec, study_cmd
 
 pytestmark = pytest.mark.integration
 URL = "sqlite:///studies/fast/study.db"

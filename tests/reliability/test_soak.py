@@ -10,10 +10,10 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-
-from signtune.storage import create_storage
 from tests.runner.conftest import fast_spec, study_cmd
 from tests.test_storage import PG_URL, require_postgres
+
+from signtune.storage import create_storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -152,14 +152,25 @@ def _load(
 ) -> _Loaded:
     features: list[np.ndarray] = []
     problems: list[Problem] = []
+    wrong_dim: dict[int, list[Path]] = {}  # D found -> files; one problem per D, not one per file
     for path in paths:
         try:
-            arr = load_feature(path, feature_dim=cfg.feature_dim)
+            arr = load_feature(path, feature_dim=None)
         except DataError as exc:
             problems += exc.problems
             continue
+        if arr.shape[1] != cfg.feature_dim:
+            wrong_dim.setdefault(arr.shape[1], []).append(path)
+            continue
         # a copy, so the untruncated array is freed
         features.append(arr[: cfg.max_frames].copy() if len(arr) > cfg.max_frames else arr)
+    for dim, files in wrong_dim.items():
+        many = f"{len(files)} of {len(paths)} feature files (e.g. {files[0]}) have" if len(files) > 1 else "has"
+        problems.insert(0, Problem(
+            str(files[0]) if len(files) == 1 else f"feature files of {manifest_path}",
+            f"{many} {dim} features per frame, but data.feature_dim is {cfg.feature_dim}",
+            f"set data.feature_dim to {dim}, or re-extract",
+        ))
     if problems:
         raise DataError(capped(problems, f"feature files of {manifest_path}"))
     return _Loaded(ids=rows_ids, texts=texts, features=features)

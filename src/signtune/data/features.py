@@ -8,10 +8,10 @@ features directory.
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from signtune.errors import DataError, Problem
 
@@ -78,23 +78,40 @@ def _bad(path: Path, message: str, fix: str) -> DataError:
     return DataError(Problem(str(path), message, fix))
 
 
+_GLOBAL_RE = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
+
+
 def _unpickler_reason(exc: Exception) -> str:
-    """The one useful line of torch's weights-only refusal (it also suggests unsafe loading)."""
+    """The one useful line of torch's weights-only refusal.
+
+    torch's message also says that loading with ``weights_only=False`` "will likely succeed";
+    that advice (run the file's code) is never passed on.
+    """
     text = str(exc)
+    found = _GLOBAL_RE.search(text)
+    if found:  # torch >= 2.4 words it two ways, depending on whether the module is blocked
+        return f"Unsupported global {found[1]}"
     _, _, tail = text.partition("WeightsUnpickler error:")
-    lines = [line.strip() for line in (tail or text).splitlines() if line.strip()]
-    return lines[0].split(" was not an allowed global")[0] if lines else type(exc).__name__
+    lines = [
+        line.strip()
+        for line in tail.splitlines()
+        if line.strip() and "weights_only" not in line and "file an issue" not in line
+    ]
+    return lines[0] if lines else "it is not a file written by torch.save(tensor)"
 
 
 def _read_pt(path: Path) -> np.ndarray:
+    import torch  # here, not at the top: checking .npy data should not pay for importing torch
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = _unpickler_reason(exc)
-        if "Unsupported global" in reason:
+        if reason.startswith("Unsupported global"):
             raise _bad(
                 path,
-                f"holds a pickled Python object, which is refused (weights_only=True): {reason}",
+                f"holds a pickled Python object ({reason.split()[-1]}), which is refused: feature files are "
+                "loaded with torch.load(weights_only=True) and never run code",
                 "re-save it as a plain tensor with torch.save(tensor) or as .npy",
             ) from exc
         raise _bad(path, f"cannot be read by torch.load: {reason}",

@@ -103,6 +103,7 @@ def read_manifest(
     rows: list[ManifestRow] = []
     problems: list[Problem] = []
     first_row: dict[str, int] = {}
+    repeats: dict[str, tuple[int, list[int]]] = {}  # id -> (its problem's index, the repeating rows)
     line_no = reader.line_num  # lines consumed so far; a record starts on the next one
     for record in reader:
         start, line_no = line_no + 1, reader.line_num
@@ -126,13 +127,25 @@ def read_manifest(
                                     "give the row its sentence, or delete the row"))
             continue
         if clip_id in first_row:
-            problems.append(Problem(
-                where, f"{id_column} {clip_id!r} is a duplicate of row {first_row[clip_id]}",
-                "give each clip a unique id, or delete one of the two rows",
-            ))
+            if clip_id not in repeats:  # one problem per id, however many rows repeat it
+                repeats[clip_id] = (len(problems), [])
+                problems.append(Problem(
+                    where, f"{id_column} {clip_id!r} is a duplicate of row {first_row[clip_id]}",
+                    "give each clip a unique id, or delete one of the two rows",
+                ))
+            repeats[clip_id][1].append(start)
             continue
         first_row[clip_id] = start
         rows.append(ManifestRow(row=start, id=clip_id, text=sentence))
+    for clip_id, (at, again) in repeats.items():
+        if len(again) > 1:
+            shown = ", ".join(map(str, again[:10])) + (", ..." if len(again) > 10 else "")
+            problems[at] = Problem(
+                problems[at].where,
+                f"{id_column} {clip_id!r} is a duplicate of row {first_row[clip_id]}, "
+                f"repeated in {len(again)} rows ({shown})",
+                "give each clip a unique id, or delete the repeated rows",
+            )
     if problems:
         raise DataError(capped(problems, str(path)))
     return rows

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # loading data needs no torch; only batches do, and they arrive as tensors
+    import torch
 
 PAD_ID = 0
 BOS_ID = 1
