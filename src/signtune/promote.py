@@ -9,6 +9,7 @@ BLEU is evaluated on the test split with beam search and written to ``promoted/`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -193,7 +194,46 @@ def promote_best(
     test["beam_size"] = beam
     fidelity, note = _fidelity(candidates, seeds)
     _write_outputs(out, spec, study, winner, candidates, cfg, data, test, hyps, fidelity, note)
-    return PromoteResult(out, winner, candidates, test, fidelity, note)
+    result = PromoteResult(out, winner, candidates, test, fidelity, note)
+    if spec.tracking.enabled:
+        log_promotion(spec, result)
+    return result
+
+
+def log_promotion(spec: StudySpec, result: PromoteResult) -> str:
+    """One MLflow run for the promotion: tags naming the source study and trials, test metrics,
+    the promoted model as artifacts, and a model-registry version where the store has one."""
+    from signtune.tracking import Tracker
+
+    tracker = Tracker(spec.tracking_uri, spec.experiment, artifact_dir=spec.dir / "mlartifacts")
+    client = tracker.client
+    trials = sorted({c.trial for c in result.candidates})
+    run = client.create_run(
+        tracker.experiment_id(),
+        run_name=f"promote-trial-{result.winner.trial}",
+        tags={
+            "signtune.role": "promote",
+            "signtune.study": spec.name,
+            "signtune.source_trials": ",".join(map(str, trials)),
+            "signtune.winner_trial": str(result.winner.trial),
+            "signtune.winner_seed": str(result.winner.seed),
+            "signtune.bleu_signature": str(result.test.get("bleu_signature", "")),
+        },
+    )
+    run_id = run.info.run_id
+    for key in ("bleu", "bleu1", "bleu2", "bleu3", "bleu4", "chrf"):
+        if isinstance(result.test.get(key), int | float):
+            client.log_metric(run_id, f"test_{key}", float(result.test[key]))
+    client.log_metric(run_id, "val_bleu", result.winner.val_bleu)
+    for name in (WEIGHTS, "config.json", "tokenizer.json", "metrics.json", "predictions.tsv", "provenance.json"):
+        client.log_artifact(run_id, str(result.out_dir / name), artifact_path="model")
+    client.set_terminated(run_id, status="FINISHED")
+    name = f"signtune-{spec.name}"
+    with contextlib.suppress(Exception):  # already registered
+        client.create_registered_model(name)
+    with contextlib.suppress(Exception):  # stores without a model registry skip this
+        client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id)
+    return str(run_id)
 
 
 def _train_candidate(

@@ -36,7 +36,7 @@ def tuned_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
         + "promote: {beam_size: 3}\n"
     )
     (root / "studies" / "tiny" / "study.yaml").write_text(text)
-    res = study("run", "--study", "tiny", "--no-tracking", cwd=root)
+    res = study("run", "--study", "tiny", cwd=root)
     assert res.returncode == 0, res.stderr
     return root
 
@@ -65,6 +65,19 @@ def test_promote_best_then_translate(tuned: Path) -> None:
     assert {"torch", "optuna"} <= set(prov["versions"])
     for cand in (out / "candidates").iterdir():
         assert (cand / "best" / "model.safetensors").is_file() and (cand / "last" / "state.pt").is_file()
+
+    # MLflow: a promote run tagged with its source study and trials, the model as artifacts,
+    # and a version in the model registry (the SQLite store has one).
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tuned / 'studies' / 'tiny' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny")
+    (run,) = client.search_runs([exp.experiment_id], "tags.`signtune.role` = 'promote'")
+    assert run.data.tags["signtune.study"] == "tiny" and run.data.tags["signtune.source_trials"] == "0,1"
+    assert run.data.metrics["test_bleu"] == pytest.approx(test["bleu"], abs=1e-3)
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} >= {"model/model.safetensors"}
+    versions = client.search_model_versions("name='signtune-tiny'")
+    assert [v.run_id for v in versions] == [run.info.run_id]
 
     # translate on the test split reproduces predictions.tsv exactly
     data = tuned / "studies" / "tiny" / "data"
