@@ -52,7 +52,9 @@ def test_bad_input_exit_2(study_dir: Path, edit: tuple[str, str] | None, args: l
 
 def test_low_greater_than_high_in_space(study_dir: Path) -> None:
     space = study_dir.parents[1] / "search_spaces" / "sign2text.yaml"
-    _set(space, "optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2", "optim.lr: {type: float, low: 1.0e-2, high: 1.0e-4")
+    _set(
+        space, "optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2", "optim.lr: {type: float, low: 1.0e-2, high: 1.0e-4"
+    )
     res = study("validate", "demo", cwd=study_dir.parents[1])
     assert res.returncode == 2
     assert "params.optim.lr: low must be <= high" in res.stderr

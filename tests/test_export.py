@@ -88,4 +88,4 @@ def test_report_is_one_self_contained_file(study_dir: Path) -> None:
     assert "train" in page and "900" in page  # the data summary
     assert page.count("plotly-graph-div") >= 4
     assert "hunter2" not in page and "bob:***@" in page
-    assert "src=\"http" not in page  # nothing loaded from the network
+    assert 'src="http' not in page  # nothing loaded from the network

@@ -41,7 +41,11 @@ def test_digits_example_with_two_workers(tmp_path: Path) -> None:
     import mlflow
 
     runs = mlflow.MlflowClient(tracking_uri=f"sqlite:///{ex / 'mlflow.db'}").search_runs(
-        [mlflow.MlflowClient(tracking_uri=f"sqlite:///{ex / 'mlflow.db'}").get_experiment_by_name("digits").experiment_id]
+        [
+            mlflow.MlflowClient(tracking_uri=f"sqlite:///{ex / 'mlflow.db'}")
+            .get_experiment_by_name("digits")
+            .experiment_id
+        ]
     )
     assert sum(r.data.tags.get("signtune.role") == "trial" for r in runs) == len(study.trials)
 

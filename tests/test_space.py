@@ -14,12 +14,28 @@ ROOT = Path(__file__).resolve().parents[1]
 KEYS = set(config_keys())
 
 VALID = [
-    ("optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}", "optim.lr", FloatDistribution(1e-4, 1e-2, log=True)),
-    ("model.dropout: {type: float, low: 0.0, high: 0.5, step: 0.1}", "model.dropout", FloatDistribution(0.0, 0.5, step=0.1)),
+    (
+        "optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}",
+        "optim.lr",
+        FloatDistribution(1e-4, 1e-2, log=True),
+    ),
+    (
+        "model.dropout: {type: float, low: 0.0, high: 0.5, step: 0.1}",
+        "model.dropout",
+        FloatDistribution(0.0, 0.5, step=0.1),
+    ),
     ("model.num_encoder_layers: {type: int, low: 1, high: 4}", "model.num_encoder_layers", IntDistribution(1, 4)),
-    ("data.batch_size: {type: int, low: 16, high: 128, log: true}", "data.batch_size", IntDistribution(16, 128, log=True)),
+    (
+        "data.batch_size: {type: int, low: 16, high: 128, log: true}",
+        "data.batch_size",
+        IntDistribution(16, 128, log=True),
+    ),
     ("model.d_model: {type: categorical, choices: [64, 128]}", "model.d_model", CategoricalDistribution([64, 128])),
-    ("schedule.name: {type: categorical, choices: [cosine, linear]}", "schedule.name", CategoricalDistribution(["cosine", "linear"])),
+    (
+        "schedule.name: {type: categorical, choices: [cosine, linear]}",
+        "schedule.name",
+        CategoricalDistribution(["cosine", "linear"]),
+    ),
 ]
 
 INVALID = [
@@ -39,7 +55,10 @@ INVALID = [
         "model.d_model: {type: categorical, choices: [64, 96]}\n  model.num_heads: {type: categorical, choices: [2, 64]}",
         "must be divisible by every head count",
     ),
-    ("model.dropout: {type: float, low: 0.0, high: 0.5, when: {schedule.name: cosine}}", "must name a categorical parameter defined above"),
+    (
+        "model.dropout: {type: float, low: 0.0, high: 0.5, when: {schedule.name: cosine}}",
+        "must name a categorical parameter defined above",
+    ),
     (
         "schedule.name: {type: categorical, choices: [cosine]}\n  schedule.min_lr_ratio: {type: float, low: 0.0, high: 0.1, when: {schedule.name: linear}}",
         "are not among its choices",

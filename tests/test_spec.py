@@ -35,8 +35,15 @@ def test_demo_spec_loads(study_dir: Path) -> None:
 
 
 def test_cli_overrides_win(study_dir: Path) -> None:
-    spec = load_spec("demo", {"budget.trials": 5, "budget.subset": 0.3, "fixed.run.epochs": 2, "storage": "journal:///x.log"})
-    assert (spec.budget.trials, spec.budget.subset, spec.base.run.epochs, spec.storage) == (5, 0.3, 2, "journal:///x.log")
+    spec = load_spec(
+        "demo", {"budget.trials": 5, "budget.subset": 0.3, "fixed.run.epochs": 2, "storage": "journal:///x.log"}
+    )
+    assert (spec.budget.trials, spec.budget.subset, spec.base.run.epochs, spec.storage) == (
+        5,
+        0.3,
+        2,
+        "journal:///x.log",
+    )
 
 
 INVALID = [
@@ -58,7 +65,7 @@ INVALID = [
 
 @pytest.mark.parametrize(("change", "key", "fragment"), INVALID)
 def test_invalid_spec(study_dir: Path, change: dict, key: str, fragment: str) -> None:
-    path = _edit(study_dir, change)
+    _edit(study_dir, change)
     with pytest.raises(ConfigError) as info:
         load_spec("demo")
     text = str(info.value)

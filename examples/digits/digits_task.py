@@ -94,13 +94,19 @@ def objective(config: dict[str, Any], report: Any, ctx: Any) -> dict[str, float]
     optim_cfg = OptimConfig(lr=float(config["optim.lr"]), weight_decay=float(config.get("optim.weight_decay", 0.01)))
     groups = {"backbone": list(net.blocks.parameters()), "head": list(net.head.parameters())}
     optimizer = build_optimizer(
-        groups, optim_cfg, "cpu", ratios={"backbone": float(config.get("optim.backbone_lr_ratio", 0.1))},
+        groups,
+        optim_cfg,
+        "cpu",
+        ratios={"backbone": float(config.get("optim.backbone_lr_ratio", 0.1))},
         include_frozen=True,
     )
     steps_per_epoch = -(-len(x) // (batch * accum))
     scheduler = build_scheduler(
-        optimizer, total_steps=epochs * steps_per_epoch,
-        warmup_ratio=float(config.get("schedule.warmup_ratio", 0.1)), name="cosine", min_lr_ratio=0.0,
+        optimizer,
+        total_steps=epochs * steps_per_epoch,
+        warmup_ratio=float(config.get("schedule.warmup_ratio", 0.1)),
+        name="cosine",
+        min_lr_ratio=0.0,
     )
     best = 0.0
     for epoch in range(1, epochs + 1):

@@ -230,13 +230,14 @@ def run(
         )
     if summary.started == 0:
         out.print(
-            f"Study [bold]{spec.name}[/] already has {summary.finished}/{summary.total} finished trials; nothing to run. "
-            f"Raise --trials to run more."
+            f"Study [bold]{spec.name}[/] already has {summary.finished}/{summary.total} finished trials; "
+            "nothing to run. Raise --trials to run more."
         )
     _print_leaderboard(spec)
     if summary.stopped_by == "timeout":
         out.print(
-            f"[yellow]Stopped by --timeout[/] after {summary.wall_time_s:.0f}s with {summary.finished}/{summary.total} finished; run again to continue."
+            f"[yellow]Stopped by --timeout[/] after {summary.wall_time_s:.0f}s with "
+            f"{summary.finished}/{summary.total} finished; run again to continue."
         )
     out.print(f"Ran {summary.started} trial(s) in {summary.wall_time_s:.1f}s. Exports: {spec.dir / 'export'}")
 

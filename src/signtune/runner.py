@@ -534,9 +534,7 @@ def _supervise(
                 # dead worker's bookkeeping: it may have died between claiming and asking.
                 counts = count_states(study)
                 with claimed.get_lock():
-                    claimed.value = (
-                        counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING]
-                    )
+                    claimed.value = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING]
                 if restarts >= max_restarts:
                     _stop_workers(procs)
                     raise StudyError(

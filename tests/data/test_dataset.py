@@ -97,8 +97,7 @@ def test_features_are_cached_and_invalidated(root: Path, tmp_path: Path) -> None
     os.utime(clip, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     third = load_task_data(cfg, tmp_path, cache_dir=tmp_path / "c")
     assert third.train.features[0].shape == (5, 16)
-    short = load_split("val", root / cfg.val_manifest, root / "features",
-                       _cfg(root, max_frames=20), None)
+    short = load_split("val", root / cfg.val_manifest, root / "features", _cfg(root, max_frames=20), None)
     assert max(len(f) for f in short.features) == 20 and short.token_ids[0] == []
 
 

@@ -90,12 +90,18 @@ def test_loads_as_float32(feats: Path, name: str, save: object) -> None:
 @pytest.mark.parametrize(
     ("name", "save", "needles"),
     [
-        ("obj.pt", lambda p: torch.save({"features": torch.ones(2, 3), "x": NotATensor()}, p),
-         ["pickled Python object", "torch.save(tensor) or as .npy"]),
+        (
+            "obj.pt",
+            lambda p: torch.save({"features": torch.ones(2, 3), "x": NotATensor()}, p),
+            ["pickled Python object", "torch.save(tensor) or as .npy"],
+        ),
         ("list.pt", lambda p: torch.save([torch.ones(2, 3)], p), ["holds a list, not a tensor"]),
         ("nokey.pt", lambda p: torch.save({"feats": torch.ones(2, 3)}, p), ["without key 'features'"]),
-        ("obj.npy", lambda p: np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True),
-         ["dtype=object", "allow_pickle=False"]),
+        (
+            "obj.npy",
+            lambda p: np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True),
+            ["dtype=object", "allow_pickle=False"],
+        ),
         ("garbage.npy", lambda p: p.write_bytes(b"not an array"), ["cannot be read by numpy.load"]),
         ("garbage.pt", lambda p: p.write_bytes(b"not a tensor"), ["cannot be read by torch.load"]),
         ("three.npy", lambda p: np.save(p, np.ones((2, 3, 1))), ["2 dimensions", "(2, 3, 1)"]),

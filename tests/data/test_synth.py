@@ -86,9 +86,7 @@ def test_ensure_reuses_then_regenerates(tmp_path: Path, monkeypatch: pytest.Monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no temp siblings left
 
 
-def test_interrupted_generation_leaves_the_old_dataset(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_interrupted_generation_leaves_the_old_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "data"
     generate(out, seed=1, **SMALL)
     before = _tree(out)

@@ -53,7 +53,14 @@ def test_promote_best_then_translate(tuned: Path) -> None:
     res = study("promote-best", "--study", "tiny", "--top-k", "2", "--epochs", "3", cwd=tuned)
     assert res.returncode == 0, res.stderr
     out = tuned / "studies" / "tiny" / "promoted"
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "metrics.json", "predictions.tsv", "provenance.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "metrics.json",
+        "predictions.tsv",
+        "provenance.json",
+    ):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     test = metrics["test"]
@@ -81,7 +88,16 @@ def test_promote_best_then_translate(tuned: Path) -> None:
 
     # translate on the test split reproduces predictions.tsv exactly
     data = tuned / "studies" / "tiny" / "data"
-    res = study("translate", "--model", str(out), "--manifest", str(data / "how2sign_realigned_test.csv"), "--beam", "3", cwd=tuned)
+    res = study(
+        "translate",
+        "--model",
+        str(out),
+        "--manifest",
+        str(data / "how2sign_realigned_test.csv"),
+        "--beam",
+        "3",
+        cwd=tuned,
+    )
     assert res.returncode == 0, res.stderr
     expected = [line.split("\t") for line in (out / "predictions.tsv").read_text().splitlines()[1:]]
     got = [line.split("\t") for line in res.stdout.splitlines()[1:]]
@@ -89,7 +105,9 @@ def test_promote_best_then_translate(tuned: Path) -> None:
 
 
 def test_promote_resume_after_a_kill(tuned: Path) -> None:
-    killed = study("promote-best", "--study", "tiny", "--epochs", "4", cwd=tuned, env={"SIGNTUNE_FAULTS": "promote_kill@2"})
+    killed = study(
+        "promote-best", "--study", "tiny", "--epochs", "4", cwd=tuned, env={"SIGNTUNE_FAULTS": "promote_kill@2"}
+    )
     assert killed.returncode != 0
     res = study("promote-best", "--study", "tiny", "--epochs", "4", "--resume", cwd=tuned)
     assert res.returncode == 0, res.stderr

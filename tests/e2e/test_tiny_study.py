@@ -73,12 +73,23 @@ def test_tiny_study_end_to_end(tiny_project: Path) -> None:
         run_id = t.user_attrs["mlflow_run_id"]
         history = client.get_metric_history(run_id, "val_chrf")
         assert [m.step for m in history] == sorted(t.intermediate_values)
-        assert [m.value for m in history] == pytest.approx([t.intermediate_values[k] for k in sorted(t.intermediate_values)])
+        assert [m.value for m in history] == pytest.approx(
+            [t.intermediate_values[k] for k in sorted(t.intermediate_values)]
+        )
 
     # Optuna's CLI lists the trials.
     listed = subprocess.run(
-        [str(Path(sys.executable).with_name("optuna")), "trials", "--study-name", "tiny", "--storage", f"sqlite:///{sdir / 'study.db'}"],
-        capture_output=True, text=True, timeout=60,
+        [
+            str(Path(sys.executable).with_name("optuna")),
+            "trials",
+            "--study-name",
+            "tiny",
+            "--storage",
+            f"sqlite:///{sdir / 'study.db'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert listed.returncode == 0, listed.stderr
     assert "COMPLETE" in listed.stdout
@@ -92,7 +103,9 @@ def test_tiny_study_end_to_end(tiny_project: Path) -> None:
 
 def test_missing_features_dir_is_a_clear_error(tiny_project: Path) -> None:
     spec = tiny_project / "studies" / "tiny" / "study.yaml"
-    spec.write_text(spec.read_text().replace("synthetic: {seed: 1, n_train: 160, n_val: 24, n_test: 16}", "synthetic: false"))
+    spec.write_text(
+        spec.read_text().replace("synthetic: {seed: 1, n_train: 160, n_val: 24, n_test: 16}", "synthetic: false")
+    )
     res = study("run", "--study", "tiny", cwd=tiny_project)
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr
@@ -101,10 +114,28 @@ def test_missing_features_dir_is_a_clear_error(tiny_project: Path) -> None:
 
 
 def test_missing_feature_file_names_the_row(tiny_project: Path) -> None:
-    res = study("data", "synth", "--out", "studies/tiny/data", "--n-train", "20", "--n-val", "5", "--n-test", "2", "--dim", "16", "--seed", "1", cwd=tiny_project)
+    res = study(
+        "data",
+        "synth",
+        "--out",
+        "studies/tiny/data",
+        "--n-train",
+        "20",
+        "--n-val",
+        "5",
+        "--n-test",
+        "2",
+        "--dim",
+        "16",
+        "--seed",
+        "1",
+        cwd=tiny_project,
+    )
     assert res.returncode == 0, res.stderr
     spec = tiny_project / "studies" / "tiny" / "study.yaml"
-    spec.write_text(spec.read_text().replace("synthetic: {seed: 1, n_train: 160, n_val: 24, n_test: 16}", "synthetic: false"))
+    spec.write_text(
+        spec.read_text().replace("synthetic: {seed: 1, n_train: 160, n_val: 24, n_test: 16}", "synthetic: false")
+    )
     manifest = tiny_project / "studies" / "tiny" / "data" / "how2sign_realigned_train.csv"
     third = manifest.read_text().splitlines()[3].split("\t")[3]
     next((tiny_project / "studies" / "tiny" / "data" / "features").glob(f"{third}.*")).unlink()

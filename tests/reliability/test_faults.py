@@ -22,8 +22,14 @@ def _run(project: Path, faults: str, *args: str, trial_timeout: float | None = N
     text = text.replace("fixed: {", "fixed: {data.batch_size: 32, ")
     (project / "studies" / "fast" / "study.yaml").write_text(text)
     env = {**os.environ, "SIGNTUNE_FAULTS": faults}
-    res = subprocess.run(study_cmd("run", "--study", "fast", *args, cwd=project), cwd=project, env=env,
-                         capture_output=True, text=True, timeout=240)
+    res = subprocess.run(
+        study_cmd("run", "--study", "fast", *args, cwd=project),
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
     study = optuna.load_study(study_name="fast", storage=create_storage(URL, heartbeat=False))

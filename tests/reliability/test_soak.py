@@ -28,7 +28,11 @@ def test_soak_random_faults_on_postgres(fast_project: Path) -> None:
     env = {**os.environ, "SIGNTUNE_FAULTS": "random:0.2:7"}
     res = subprocess.run(
         study_cmd("run", "--study", "fast", "--workers", "4", cwd=fast_project),
-        cwd=fast_project, env=env, capture_output=True, text=True, timeout=900,
+        cwd=fast_project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     study = optuna.load_study(study_name=name, storage=create_storage(PG_URL, heartbeat=False))

@@ -9,11 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from tests.test_storage import PG_URL, require_postgres
 
 # A fast plug-in task: sleeps `delay` per epoch, reports a score, and can hang on request.
-PLUGIN = '''
+PLUGIN = """
 import os, time
 
 def objective(config, report, ctx):
@@ -25,7 +24,7 @@ def objective(config, report, ctx):
             time.sleep(0.05)  # held here until the test removes the file
         report(epoch, {"score": -((x - 0.3) ** 2) - 0.01 / epoch})
     return {"score": -((x - 0.3) ** 2)}
-'''
+"""
 
 
 def fast_spec(
@@ -54,7 +53,9 @@ def fast_spec(
 def fast_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "studies" / "fast").mkdir(parents=True)
     (tmp_path / "search_spaces").mkdir()
-    (tmp_path / "search_spaces" / "fast.yaml").write_text("# study run --study fast\nparams:\n  x: {type: float, low: 0.0, high: 1.0}\n")
+    (tmp_path / "search_spaces" / "fast.yaml").write_text(
+        "# study run --study fast\nparams:\n  x: {type: float, low: 0.0, high: 1.0}\n"
+    )
     (tmp_path / "fastplug.py").write_text(PLUGIN)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))

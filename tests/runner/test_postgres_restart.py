@@ -11,10 +11,10 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-
-from signtune.storage import create_storage
 from tests.runner.conftest import fast_spec, study_cmd, unique_name
 from tests.test_storage import PG_URL, require_postgres
+
+from signtune.storage import create_storage
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -23,7 +23,9 @@ def _restart_postgres() -> None:
     version = sorted(os.listdir("/etc/postgresql"))[0]
     subprocess.run(
         ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
-        check=True, capture_output=True, timeout=120,
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
 
 
@@ -37,7 +39,10 @@ def test_study_survives_a_postgres_restart(fast_project: Path) -> None:
     )
     proc = subprocess.Popen(
         study_cmd("run", "--study", "fast", "--workers", "2", cwd=fast_project),
-        cwd=fast_project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=fast_project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.time() + 60

@@ -11,9 +11,9 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from tests.runner.conftest import fast_spec, run_study, study_cmd, unique_name
 
 from signtune.storage import create_storage
-from tests.runner.conftest import fast_spec, run_study, study_cmd, unique_name
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,14 @@ def test_sigkilled_worker_is_requeued(fast_project: Path) -> None:
     hang = fast_project / "hang"
     hang.touch()  # the first trials hold until we kill one worker
     env = {**os.environ, "FASTPLUG_HANG_FILE": str(hang)}
-    proc = subprocess.Popen(study_cmd("run", "--study", "fast", "--workers", "2", cwd=fast_project), cwd=fast_project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        study_cmd("run", "--study", "fast", "--workers", "2", cwd=fast_project),
+        cwd=fast_project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         victim = _wait_running(name, url)
         os.kill(victim.user_attrs["pid"], signal.SIGKILL)
@@ -90,7 +97,13 @@ def test_sigint_leaves_no_running_trial_and_resumes(fast_project: Path) -> None:
     url = "sqlite:///studies/fast/study.db"
     name = unique_name()
     _write(fast_project, fast_spec(trials=8, storage=url, delay=0.3), name)
-    proc = subprocess.Popen(study_cmd("run", "--study", "fast", "--workers", "2", cwd=fast_project), cwd=fast_project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        study_cmd("run", "--study", "fast", "--workers", "2", cwd=fast_project),
+        cwd=fast_project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_running(name, url)
         time.sleep(0.5)
@@ -114,7 +127,13 @@ def test_two_hosts_share_a_study(fast_project: Path, storage_url: str) -> None:
     name = unique_name()
     _write(fast_project, fast_spec(trials=10, storage=storage_url, delay=0.05), name)
     procs = [
-        subprocess.Popen(study_cmd("worker", "--study", "fast", "--host-id", host, cwd=fast_project), cwd=fast_project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            study_cmd("worker", "--study", "fast", "--host-id", host, cwd=fast_project),
+            cwd=fast_project,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for host in ("node-a", "node-b")
     ]
     for p in procs:

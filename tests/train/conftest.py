@@ -60,9 +60,7 @@ def toy_split(
     return Split(name, [f"{name}-{i}" for i in range(n)], texts, feats, token_ids)
 
 
-def toy_task(
-    n_train: int = 192, n_val: int = 32, feature_dim: int = 16, seed: int = 0
-) -> TaskData:
+def toy_task(n_train: int = 192, n_val: int = 32, feature_dim: int = 16, seed: int = 0) -> TaskData:
     rng = np.random.default_rng(seed)
     tokenizer = ToyTokenizer(WORDS)
     codebook = rng.standard_normal((len(WORDS), feature_dim))
@@ -92,9 +90,7 @@ def collate(split: Split, index: list[int], max_frames: int) -> Batch:
     return Batch(src, src_mask, tgt_in, tgt_out, list(index))
 
 
-def toy_make_batches(
-    split: Split, batch_size: int, *, shuffle: bool, seed: int, max_frames: int
-) -> list[Batch]:
+def toy_make_batches(split: Split, batch_size: int, *, shuffle: bool, seed: int, max_frames: int) -> list[Batch]:
     """Stand-in for ``signtune.data.batching.make_batches`` with the same signature."""
     order = list(range(len(split)))
     if shuffle:

@@ -46,9 +46,7 @@ def random_batch(seed: int, b: int = 5, t: int = 9) -> tuple[torch.Tensor, torch
     return src, mask
 
 
-def naive_greedy(
-    model: SignTransformer, src: torch.Tensor, mask: torch.Tensor, max_len: int
-) -> list[list[int]]:
+def naive_greedy(model: SignTransformer, src: torch.Tensor, mask: torch.Tensor, max_len: int) -> list[list[int]]:
     """Greedy decoding by re-running the whole teacher-forced forward for every token."""
     out = []
     with torch.no_grad():
@@ -85,9 +83,7 @@ def test_beam_as_wide_as_the_vocabulary_is_exhaustive_over_two_steps() -> None:
     """With beam_size >= V and two steps, no hypothesis is ever pruned before the last pick."""
     model = random_model(3)
     src, mask = random_batch(3, b=2)
-    beam = beam_search(
-        model, src, mask, beam_size=V, max_len=2, bos_id=BOS, eos_id=EOS, length_penalty=0.0
-    )
+    beam = beam_search(model, src, mask, beam_size=V, max_len=2, bos_id=BOS, eos_id=EOS, length_penalty=0.0)
     for row in range(2):
         s, m = src[row : row + 1], mask[row : row + 1]
         with torch.no_grad():

@@ -25,9 +25,7 @@ from signtune.train.loop import FitResult, evaluate, fit, resolve_device
 KEYS = {"train_loss", "val_bleu", "val_chrf", "lr", "epoch_time_s", "eval_time_s"}
 
 
-def toy_cfg(
-    epochs: int = 2, *, batch_size: int = 16, dropout: float = 0.1, **optim: float
-) -> TrainConfig:
+def toy_cfg(epochs: int = 2, *, batch_size: int = 16, dropout: float = 0.1, **optim: float) -> TrainConfig:
     return TrainConfig(
         data=DataConfig(batch_size=batch_size, max_frames=64),
         model=ModelConfig(
@@ -135,12 +133,8 @@ def test_evaluate_returns_hypotheses_in_split_order(toy_data: TaskData) -> None:
     model = result.model
     assert isinstance(model, SignTransformer)
     device = torch.device("cpu")
-    one_by_one, hyps_a = evaluate(
-        model, toy_data.val, toy_data.tokenizer, EvalConfig(max_len=12, batch_size=1), device
-    )
-    batched, hyps_b = evaluate(
-        model, toy_data.val, toy_data.tokenizer, EvalConfig(max_len=12, batch_size=7), device
-    )
+    one_by_one, hyps_a = evaluate(model, toy_data.val, toy_data.tokenizer, EvalConfig(max_len=12, batch_size=1), device)
+    batched, hyps_b = evaluate(model, toy_data.val, toy_data.tokenizer, EvalConfig(max_len=12, batch_size=7), device)
     assert hyps_a == hyps_b
     assert one_by_one["bleu"] == pytest.approx(batched["bleu"])
     assert batched["bleu"] == pytest.approx(result.history[-1]["val_bleu"])
@@ -169,9 +163,7 @@ def test_evaluate_crops_to_max_frames(toy_data: TaskData) -> None:
     cfg = EvalConfig(max_len=4, batch_size=4)
     with pytest.raises(ValueError, match="max_positions"):
         evaluate(model, long_split, data.tokenizer, cfg, torch.device("cpu"))
-    _, hyps = evaluate(
-        model, long_split, data.tokenizer, cfg, torch.device("cpu"), max_frames=64
-    )
+    _, hyps = evaluate(model, long_split, data.tokenizer, cfg, torch.device("cpu"), max_frames=64)
     assert len(hyps) == len(data.val)
 
 

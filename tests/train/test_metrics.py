@@ -33,9 +33,7 @@ def test_lowercase_and_tokenizer_are_passed_on() -> None:
     upper = [h.upper() for h in HYPS]
     assert corpus_scores(upper, REFS)["bleu"] == pytest.approx(0.0)
     lowered = corpus_scores(upper, REFS, lowercase=True, tokenize="intl")
-    assert lowered["bleu"] == pytest.approx(
-        sacrebleu.corpus_bleu(HYPS, [REFS], tokenize="intl").score
-    )
+    assert lowered["bleu"] == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS], tokenize="intl").score)
     assert "case:lc" in str(lowered["bleu_signature"])
     assert "tok:intl" in str(lowered["bleu_signature"])
 

@@ -24,13 +24,9 @@ def tiny() -> SignTransformer:
 
 def test_group_lr_is_base_times_ratio() -> None:
     model = tiny()
-    pgs = param_groups(
-        model.named_groups(), lr=1e-3, ratios={"encoder": 0.1}, weight_decay=0.01
-    )
+    pgs = param_groups(model.named_groups(), lr=1e-3, ratios={"encoder": 0.1}, weight_decay=0.01)
     lrs = {g["name"]: g["lr"] for g in pgs}
-    assert lrs == pytest.approx(
-        {"encoder": 1e-4, "encoder.no_decay": 1e-4, "decoder": 1e-3, "decoder.no_decay": 1e-3}
-    )
+    assert lrs == pytest.approx({"encoder": 1e-4, "encoder.no_decay": 1e-4, "decoder": 1e-3, "decoder.no_decay": 1e-3})
 
 
 def test_every_trainable_parameter_in_exactly_one_group() -> None:

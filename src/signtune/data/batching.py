@@ -45,9 +45,7 @@ def collate(split: Split, indices: list[int], max_frames: int) -> Batch:
     )
 
 
-def make_batches(
-    split: Split, batch_size: int, *, shuffle: bool, seed: int, max_frames: int
-) -> list[Batch]:
+def make_batches(split: Split, batch_size: int, *, shuffle: bool, seed: int, max_frames: int) -> list[Batch]:
     """Cut ``split`` into padded batches of clips of similar length.
 
     Without ``shuffle`` the clips are sorted by length (ties by position) and batched in that

@@ -55,8 +55,13 @@ def subset_indices(n: int, fraction: float, seed: int) -> list[int]:
         DataError: ``fraction`` is outside (0, 1].
     """
     if not 0.0 < fraction <= 1.0:
-        raise DataError(Problem("data.subset", f"must be in (0, 1], but got {fraction}",
-                                "use e.g. 0.3 for 30% of the training split, 1.0 for all"))
+        raise DataError(
+            Problem(
+                "data.subset",
+                f"must be in (0, 1], but got {fraction}",
+                "use e.g. 0.3 for 30% of the training split, 1.0 for all",
+            )
+        )
     if fraction == 1.0 or n == 0:
         return list(range(n))
     k = min(n, max(1, round(n * fraction)))
@@ -95,37 +100,46 @@ def load_split(
     """
     manifest_path, features_dir = Path(manifest_path), Path(features_dir)
     if not features_dir.is_dir():
-        raise DataError(Problem(
-            "data.features_dir", f"the features folder {features_dir} does not exist", SYNTH_FIX))
-    rows = read_manifest(manifest_path, format=cfg.format, id_column=cfg.id_column,
-                         text_column=cfg.text_column)
+        raise DataError(Problem("data.features_dir", f"the features folder {features_dir} does not exist", SYNTH_FIX))
+    rows = read_manifest(manifest_path, format=cfg.format, id_column=cfg.id_column, text_column=cfg.text_column)
     if not rows:
-        raise DataError(Problem(str(manifest_path), f"the {name} manifest has no rows",
-                                "add clips to it, or point data at another manifest"))
+        raise DataError(
+            Problem(
+                str(manifest_path),
+                f"the {name} manifest has no rows",
+                "add clips to it, or point data at another manifest",
+            )
+        )
     paths: list[Path] = []
     problems: list[Problem] = []
     for r in rows:
         try:
             path = resolve_feature_path(features_dir, r.id)
         except DataError as exc:
-            problems += [Problem(f"{manifest_path}: row {r.row}", p.message, p.fix)
-                         for p in exc.problems]
+            problems += [Problem(f"{manifest_path}: row {r.row}", p.message, p.fix) for p in exc.problems]
             continue
         if path is None:
             problems.append(_missing_problem(manifest_path, r.row, r.id, features_dir))
         else:
             paths.append(path)
     if problems:
-        head = Problem(str(manifest_path), f"{len(problems)} of {len(rows)} rows have no usable "
-                       f"feature file in {features_dir}",
-                       SYNTH_FIX if len(problems) == len(rows) else "")
+        head = Problem(
+            str(manifest_path),
+            f"{len(problems)} of {len(rows)} rows have no usable feature file in {features_dir}",
+            SYNTH_FIX if len(problems) == len(rows) else "",
+        )
         raise DataError([head, *capped(problems, str(manifest_path))])
 
     key = _cache_key(manifest_path, features_dir, cfg, paths)
     loaded = _CACHE.get(key)
     if loaded is None:
-        loaded = _load(rows_ids=[r.id for r in rows], texts=[r.text for r in rows],
-                       paths=paths, cfg=cfg, manifest_path=manifest_path)
+        loaded = _load(
+            rows_ids=[r.id for r in rows],
+            texts=[r.text for r in rows],
+            paths=paths,
+            cfg=cfg,
+            manifest_path=manifest_path,
+        )
         _CACHE[key] = loaded
         while len(_CACHE) > CACHE_ENTRIES:
             _CACHE.popitem(last=False)
@@ -133,21 +147,32 @@ def load_split(
     return _split(name, loaded.ids, loaded.texts, loaded.features, tokenizer)
 
 
-def _cache_key(
-    manifest_path: Path, features_dir: Path, cfg: DataConfig, paths: list[Path]
-) -> tuple[object, ...]:
+def _cache_key(manifest_path: Path, features_dir: Path, cfg: DataConfig, paths: list[Path]) -> tuple[object, ...]:
     h = hashlib.sha256()
     for p in paths:  # a changed, replaced or touched file invalidates the entry
         st = p.stat()
         h.update(f"{p}\0{st.st_mtime_ns}\0{st.st_size}\n".encode())
     st = manifest_path.stat()
-    return (str(manifest_path.resolve()), st.st_mtime_ns, st.st_size, cfg.format,
-            cfg.id_column, cfg.text_column, str(features_dir.resolve()), cfg.feature_dim,
-            cfg.max_frames, h.hexdigest())
+    return (
+        str(manifest_path.resolve()),
+        st.st_mtime_ns,
+        st.st_size,
+        cfg.format,
+        cfg.id_column,
+        cfg.text_column,
+        str(features_dir.resolve()),
+        cfg.feature_dim,
+        cfg.max_frames,
+        h.hexdigest(),
+    )
 
 
 def _load(
-    *, rows_ids: list[str], texts: list[str], paths: list[Path], cfg: DataConfig,
+    *,
+    rows_ids: list[str],
+    texts: list[str],
+    paths: list[Path],
+    cfg: DataConfig,
     manifest_path: Path,
 ) -> _Loaded:
     features: list[np.ndarray] = []
@@ -166,23 +191,28 @@ def _load(
         features.append(arr[: cfg.max_frames].copy() if len(arr) > cfg.max_frames else arr)
     for dim, files in wrong_dim.items():
         many = f"{len(files)} of {len(paths)} feature files (e.g. {files[0]}) have" if len(files) > 1 else "has"
-        problems.insert(0, Problem(
-            str(files[0]) if len(files) == 1 else f"feature files of {manifest_path}",
-            f"{many} {dim} features per frame, but data.feature_dim is {cfg.feature_dim}",
-            f"set data.feature_dim to {dim}, or re-extract",
-        ))
+        problems.insert(
+            0,
+            Problem(
+                str(files[0]) if len(files) == 1 else f"feature files of {manifest_path}",
+                f"{many} {dim} features per frame, but data.feature_dim is {cfg.feature_dim}",
+                f"set data.feature_dim to {dim}, or re-extract",
+            ),
+        )
     if problems:
         raise DataError(capped(problems, f"feature files of {manifest_path}"))
     return _Loaded(ids=rows_ids, texts=texts, features=features)
 
 
 def _split(
-    name: str, ids: list[str], texts: list[str], features: list[np.ndarray],
+    name: str,
+    ids: list[str],
+    texts: list[str],
+    features: list[np.ndarray],
     tokenizer: TextTokenizer | None,
 ) -> Split:
     tokens = [tokenizer.encode(t) for t in texts] if tokenizer is not None else [[] for _ in texts]
-    return Split(name=name, ids=list(ids), texts=list(texts), features=list(features),
-                 token_ids=tokens)
+    return Split(name=name, ids=list(ids), texts=list(texts), features=list(features), token_ids=tokens)
 
 
 def load_task_data(cfg: DataConfig, base_dir: Path, *, cache_dir: Path) -> TaskData:
@@ -209,11 +239,11 @@ def load_task_data(cfg: DataConfig, base_dir: Path, *, cache_dir: Path) -> TaskD
     train = load_split("train", root / cfg.train_manifest, features_dir, cfg, None)
     val = load_split("val", root / cfg.val_manifest, features_dir, cfg, None)
     test_manifest = root / cfg.test_manifest
-    test = (load_split("test", test_manifest, features_dir, cfg, None)
-            if test_manifest.is_file() else None)
+    test = load_split("test", test_manifest, features_dir, cfg, None) if test_manifest.is_file() else None
 
-    tokenizer = load_or_train_tokenizer(train.texts, vocab_size=cfg.vocab_size,
-                                        lowercase=cfg.lowercase, cache_dir=cache_dir)
+    tokenizer = load_or_train_tokenizer(
+        train.texts, vocab_size=cfg.vocab_size, lowercase=cfg.lowercase, cache_dir=cache_dir
+    )
     for split in (train, val, test):
         if split is not None:
             split.token_ids = tokenizer.encode_batch(split.texts)
@@ -227,5 +257,4 @@ def load_task_data(cfg: DataConfig, base_dir: Path, *, cache_dir: Path) -> TaskD
             features=[train.features[i] for i in keep],
             token_ids=[train.token_ids[i] for i in keep],
         )
-    return TaskData(train=train, val=val, test=test, tokenizer=tokenizer,
-                    feature_dim=cfg.feature_dim)
+    return TaskData(train=train, val=val, test=test, tokenizer=tokenizer, feature_dim=cfg.feature_dim)

@@ -26,25 +26,30 @@ def check_id(clip_id: str, *, where: str = "manifest id") -> None:
     Raises:
         DataError: the id is empty, contains ``/``, ``\\``, ``..`` or NUL, or starts with ``/``.
     """
-    bad = [why for test, why in (
-        (not clip_id, "is empty"),
-        ("/" in clip_id or "\\" in clip_id, "contains a path separator"),
-        (".." in clip_id, "contains '..'"),
-        ("\x00" in clip_id, "contains a NUL character"),
-    ) if test]
+    bad = [
+        why
+        for test, why in (
+            (not clip_id, "is empty"),
+            ("/" in clip_id or "\\" in clip_id, "contains a path separator"),
+            (".." in clip_id, "contains '..'"),
+            ("\x00" in clip_id, "contains a NUL character"),
+        )
+        if test
+    ]
     if bad:
-        raise DataError(Problem(
-            where, f"id {clip_id!r} {bad[0]}; an id must be a plain file name",
-            "use the clip's file name without folders as its id",
-        ))
+        raise DataError(
+            Problem(
+                where,
+                f"id {clip_id!r} {bad[0]}; an id must be a plain file name",
+                "use the clip's file name without folders as its id",
+            )
+        )
 
 
 def candidate_paths(features_dir: Path, clip_id: str) -> list[Path]:
     """Where a clip's features may be, in the order they are looked for."""
     nested = Path(features_dir) / clip_id[:NESTED_PREFIX]
-    return [Path(features_dir) / f"{clip_id}{s}" for s in SUFFIXES] + [
-        nested / f"{clip_id}{s}" for s in SUFFIXES
-    ]
+    return [Path(features_dir) / f"{clip_id}{s}" for s in SUFFIXES] + [nested / f"{clip_id}{s}" for s in SUFFIXES]
 
 
 def resolve_feature_path(features_dir: Path, id: str) -> Path | None:
@@ -65,11 +70,13 @@ def resolve_feature_path(features_dir: Path, id: str) -> Path | None:
     for path in candidate_paths(features_dir, id):
         if path.is_file():
             if not path.resolve().is_relative_to(root):
-                raise DataError(Problem(
-                    str(path),
-                    f"is a link to {path.resolve()}, outside the features directory {root}",
-                    "copy the file into the features directory instead of linking out of it",
-                ))
+                raise DataError(
+                    Problem(
+                        str(path),
+                        f"is a link to {path.resolve()}, outside the features directory {root}",
+                        "copy the file into the features directory instead of linking out of it",
+                    )
+                )
             return path
     return None
 
@@ -114,22 +121,31 @@ def _read_pt(path: Path) -> np.ndarray:
                 "loaded with torch.load(weights_only=True) and never run code",
                 "re-save it as a plain tensor with torch.save(tensor) or as .npy",
             ) from exc
-        raise _bad(path, f"cannot be read by torch.load: {reason}",
-                   "re-save it with torch.save(tensor) or as .npy") from exc
+        raise _bad(
+            path, f"cannot be read by torch.load: {reason}", "re-save it with torch.save(tensor) or as .npy"
+        ) from exc
     except Exception as exc:  # torch raises many types for damaged files
-        raise _bad(path, f"cannot be read by torch.load: {type(exc).__name__}: {exc}",
-                   "re-save it with torch.save(tensor) or as .npy") from exc
+        raise _bad(
+            path,
+            f"cannot be read by torch.load: {type(exc).__name__}: {exc}",
+            "re-save it with torch.save(tensor) or as .npy",
+        ) from exc
     if isinstance(obj, dict):
         if "features" not in obj:
-            raise _bad(path, f"is a dict without key 'features'; keys: {sorted(map(str, obj))}",
-                       "save {'features': tensor} or the tensor itself")
+            raise _bad(
+                path,
+                f"is a dict without key 'features'; keys: {sorted(map(str, obj))}",
+                "save {'features': tensor} or the tensor itself",
+            )
         obj = obj["features"]
     if not isinstance(obj, torch.Tensor):
-        raise _bad(path, f"holds a {type(obj).__name__}, not a tensor",
-                   "re-save it as a plain tensor with torch.save(tensor) or as .npy")
+        raise _bad(
+            path,
+            f"holds a {type(obj).__name__}, not a tensor",
+            "re-save it as a plain tensor with torch.save(tensor) or as .npy",
+        )
     if obj.is_complex() or obj.dtype == torch.bool:
-        raise _bad(path, f"has dtype {obj.dtype}, not a real number type",
-                   "save float features")
+        raise _bad(path, f"has dtype {obj.dtype}, not a real number type", "save float features")
     return obj.detach().to(torch.float32).numpy()
 
 
@@ -138,20 +154,22 @@ def _read_npy(path: Path) -> np.ndarray:
         with path.open("rb") as f:
             magic = f.read(len(NPY_MAGIC))
         if magic != NPY_MAGIC:
-            raise _bad(path, "cannot be read by numpy.load: it is not a .npy file (no NUMPY header)",
-                       "save one array per clip with np.save(path, array)")
+            raise _bad(
+                path,
+                "cannot be read by numpy.load: it is not a .npy file (no NUMPY header)",
+                "save one array per clip with np.save(path, array)",
+            )
         arr = np.load(path, allow_pickle=False)
     except ValueError as exc:
         if "allow_pickle" in str(exc) or "pickled" in str(exc):
-            raise _bad(path, "holds Python objects (dtype=object), which are refused "
-                       "(allow_pickle=False)",
-                       "re-save it as a numeric array: np.save(path, arr.astype(np.float32))"
-                       ) from exc
-        raise _bad(path, f"cannot be read by numpy.load: {exc}",
-                   "re-save it with np.save") from exc
+            raise _bad(
+                path,
+                "holds Python objects (dtype=object), which are refused (allow_pickle=False)",
+                "re-save it as a numeric array: np.save(path, arr.astype(np.float32))",
+            ) from exc
+        raise _bad(path, f"cannot be read by numpy.load: {exc}", "re-save it with np.save") from exc
     except (OSError, EOFError) as exc:
-        raise _bad(path, f"cannot be read by numpy.load: {exc}",
-                   "re-save it with np.save") from exc
+        raise _bad(path, f"cannot be read by numpy.load: {exc}", "re-save it with np.save") from exc
     if arr.dtype.kind not in "fiu":
         raise _bad(path, f"has dtype {arr.dtype}, not a real number type", "save float features")
     return arr
@@ -174,19 +192,27 @@ def load_feature(path: Path, *, feature_dim: int | None) -> np.ndarray:
     elif path.suffix == ".pt":
         arr = _read_pt(path)
     else:
-        raise _bad(path, f"has suffix {path.suffix!r}; feature files must be .npy or .pt",
-                   "convert it to .npy")
+        raise _bad(path, f"has suffix {path.suffix!r}; feature files must be .npy or .pt", "convert it to .npy")
     if arr.ndim != 2:
-        raise _bad(path, f"must have 2 dimensions (frames, features), but has shape {arr.shape}",
-                   "save one (T, D) array per clip")
+        raise _bad(
+            path,
+            f"must have 2 dimensions (frames, features), but has shape {arr.shape}",
+            "save one (T, D) array per clip",
+        )
     if feature_dim is not None and arr.shape[1] != feature_dim:
-        raise _bad(path, f"has {arr.shape[1]} features per frame, but data.feature_dim is "
-                   f"{feature_dim}", f"set data.feature_dim to {arr.shape[1]}, or re-extract")
+        raise _bad(
+            path,
+            f"has {arr.shape[1]} features per frame, but data.feature_dim is {feature_dim}",
+            f"set data.feature_dim to {arr.shape[1]}, or re-extract",
+        )
     if arr.shape[0] == 0:
         raise _bad(path, "has 0 frames", "re-extract this clip, or drop it from the manifest")
     out = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(out).all():
         bad = int((~np.isfinite(out)).any(axis=1).sum())
-        raise _bad(path, f"holds NaN or infinite values in {bad} of {len(out)} frames",
-                   "re-extract this clip, or drop it from the manifest")
+        raise _bad(
+            path,
+            f"holds NaN or infinite values in {bad} of {len(out)} frames",
+            "re-extract this clip, or drop it from the manifest",
+        )
     return out

@@ -14,10 +14,16 @@ from typing import Literal
 from signtune.errors import DataError, Problem
 
 MAX_PROBLEMS = 20
-HOW2SIGN_REALIGNED = ["VIDEO_ID", "VIDEO_NAME", "SENTENCE_ID", "SENTENCE_NAME",
-                      "START_REALIGNED", "END_REALIGNED", "SENTENCE"]
-HOW2SIGN_ORIGINAL = ["VIDEO_ID", "VIDEO_NAME", "SENTENCE_ID", "SENTENCE_NAME",
-                     "START", "END", "SENTENCE"]
+HOW2SIGN_REALIGNED = [
+    "VIDEO_ID",
+    "VIDEO_NAME",
+    "SENTENCE_ID",
+    "SENTENCE_NAME",
+    "START_REALIGNED",
+    "END_REALIGNED",
+    "SENTENCE",
+]
+HOW2SIGN_ORIGINAL = ["VIDEO_ID", "VIDEO_NAME", "SENTENCE_ID", "SENTENCE_NAME", "START", "END", "SENTENCE"]
 
 
 @dataclass(frozen=True)
@@ -72,19 +78,27 @@ def read_manifest(
         with path.open(encoding="utf-8-sig", newline="") as f:
             text = f.read()
     except FileNotFoundError:
-        raise DataError(Problem(
-            str(path), "the manifest does not exist",
-            "check data.root and the manifest name, or generate the demo data with "
-            "`study data synth --out DIR`",
-        )) from None
+        raise DataError(
+            Problem(
+                str(path),
+                "the manifest does not exist",
+                "check data.root and the manifest name, or generate the demo data with `study data synth --out DIR`",
+            )
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(Problem(str(path), f"cannot be read as UTF-8 text: {exc}",
-                                "save the manifest as UTF-8")) from exc
+        raise DataError(
+            Problem(str(path), f"cannot be read as UTF-8 text: {exc}", "save the manifest as UTF-8")
+        ) from exc
 
     lines = text.splitlines(keepends=True)
     if not lines or not lines[0].strip():
-        raise DataError(Problem(f"{path}: header", "the file is empty or its first line is blank",
-                                "put the column names on the first line"))
+        raise DataError(
+            Problem(
+                f"{path}: header",
+                "the file is empty or its first line is blank",
+                "put the column names on the first line",
+            )
+        )
     header_line = lines[0]
     comma = format == "tsv" and path.suffix.lower() == ".csv" and "\t" not in header_line
     if comma:
@@ -111,28 +125,38 @@ def read_manifest(
             continue
         where = f"{path}: row {start}"
         if len(record) <= max(id_at, text_at):
-            problems.append(Problem(
-                where, f"has {len(record)} fields but the header has {len(header)}",
-                "give every row a value for every column"
-                + (" (separate them with tabs)" if format == "how2sign" else ""),
-            ))
+            problems.append(
+                Problem(
+                    where,
+                    f"has {len(record)} fields but the header has {len(header)}",
+                    "give every row a value for every column"
+                    + (" (separate them with tabs)" if format == "how2sign" else ""),
+                )
+            )
             continue
         clip_id, sentence = record[id_at].strip(), record[text_at].strip()
         if not clip_id:
-            problems.append(Problem(where, f"{id_column} is empty",
-                                    f"give every row an id in {id_column}, or delete the row"))
+            problems.append(
+                Problem(where, f"{id_column} is empty", f"give every row an id in {id_column}, or delete the row")
+            )
             continue
         if not sentence:
-            problems.append(Problem(where, f"{text_column} is empty for id {clip_id!r}",
-                                    "give the row its sentence, or delete the row"))
+            problems.append(
+                Problem(
+                    where, f"{text_column} is empty for id {clip_id!r}", "give the row its sentence, or delete the row"
+                )
+            )
             continue
         if clip_id in first_row:
             if clip_id not in repeats:  # one problem per id, however many rows repeat it
                 repeats[clip_id] = (len(problems), [])
-                problems.append(Problem(
-                    where, f"{id_column} {clip_id!r} is a duplicate of row {first_row[clip_id]}",
-                    "give each clip a unique id, or delete one of the two rows",
-                ))
+                problems.append(
+                    Problem(
+                        where,
+                        f"{id_column} {clip_id!r} is a duplicate of row {first_row[clip_id]}",
+                        "give each clip a unique id, or delete one of the two rows",
+                    )
+                )
             repeats[clip_id][1].append(start)
             continue
         first_row[clip_id] = start
@@ -151,17 +175,19 @@ def read_manifest(
     return rows
 
 
-def _missing_columns(
-    path: Path, format: str, header: list[str], header_line: str, missing: list[str]
-) -> Problem:
+def _missing_columns(path: Path, format: str, header: list[str], header_line: str, missing: list[str]) -> Problem:
     message = f"lacks the column{'s' if len(missing) > 1 else ''} {missing}; columns found: {header}"
     if format == "how2sign":
-        fix = ("set data.id_column / data.text_column to columns of this file; How2Sign "
-               f"manifests have {HOW2SIGN_REALIGNED} or, in the original release, START/END")
+        fix = (
+            "set data.id_column / data.text_column to columns of this file; How2Sign "
+            f"manifests have {HOW2SIGN_REALIGNED} or, in the original release, START/END"
+        )
         if "\t" not in header_line and "," in header_line:
             message += " (the header has commas but no tab: the file looks comma-separated)"
-            fix = ("How2Sign manifests are tab-separated: re-save it with tabs, or set "
-                   "data.format: tsv to read a comma-separated .csv")
+            fix = (
+                "How2Sign manifests are tab-separated: re-save it with tabs, or set "
+                "data.format: tsv to read a comma-separated .csv"
+            )
     else:
         fix = "set data.id_column / data.text_column to columns of this file"
         if "\t" not in header_line and "," in header_line and path.suffix.lower() != ".csv":

@@ -107,8 +107,7 @@ _STATIVE = {"SEE", "LIKE", "WANT"}  # "now" keeps the simple present: "wants ...
 _FOOD = ["APPLE", "CAKE", "EGG", "SANDWICH"]
 _THINGS = ["BOOK", "LETTER", "CAR", "HOUSE", "BALL", "SHIRT", "PICTURE", "BOX", "DOOR", "WINDOW"]
 _ANIMALS = ["DOG", "CAT"]
-_OBJECTS = {g: (g.lower(), g.lower() + ("es" if g in ("BOX", "SANDWICH") else "s"))
-            for g in _FOOD + _THINGS + _ANIMALS}
+_OBJECTS = {g: (g.lower(), g.lower() + ("es" if g in ("BOX", "SANDWICH") else "s")) for g in _FOOD + _THINGS + _ANIMALS}
 _ALL_OBJECTS = _FOOD + _THINGS + _ANIMALS
 _OBJECTS_OF = {
     "EAT": _FOOD,
@@ -128,11 +127,20 @@ _OBJECTS_OF = {
 }
 _INTRANSITIVE = ["SLEEP", "RUN", "WORK", "PLAY", "DANCE", "SWIM", "CRY"]
 _ADJECTIVES = {
-    "RED": "red", "BLUE": "blue", "GREEN": "green", "BIG": "big", "SMALL": "small",
-    "NEW": "new", "OLD": "old",
+    "RED": "red",
+    "BLUE": "blue",
+    "GREEN": "green",
+    "BIG": "big",
+    "SMALL": "small",
+    "NEW": "new",
+    "OLD": "old",
 }
-_ADJECTIVES_OF = {"APPLE": ["RED", "GREEN", "BIG", "SMALL"], "CAKE": ["BIG", "SMALL"],
-                  "EGG": ["BIG", "SMALL"], "SANDWICH": ["BIG", "SMALL"]}
+_ADJECTIVES_OF = {
+    "APPLE": ["RED", "GREEN", "BIG", "SMALL"],
+    "CAKE": ["BIG", "SMALL"],
+    "EGG": ["BIG", "SMALL"],
+    "SANDWICH": ["BIG", "SMALL"],
+}
 _NUMBERS = {"TWO": "two", "THREE": "three", "FOUR": "four"}
 # gloss -> (tense, English phrase)
 _TIMES = {
@@ -158,8 +166,20 @@ _WH = {"WHO": "Who", "WHAT": "What", "WHERE": "Where", "WHEN": "When", "WHY": "W
 _MARKERS = ["IX", "NOT", "Q"]
 
 GLOSSES: list[str] = sorted(
-    {*_PERSONS, *_FAMILY, *_POSS, *_PRONOUNS, *_VERBS, *_OBJECTS, *_ADJECTIVES, *_NUMBERS,
-     *_TIMES, *_PLACES, *_WH, *_MARKERS}
+    {
+        *_PERSONS,
+        *_FAMILY,
+        *_POSS,
+        *_PRONOUNS,
+        *_VERBS,
+        *_OBJECTS,
+        *_ADJECTIVES,
+        *_NUMBERS,
+        *_TIMES,
+        *_PLACES,
+        *_WH,
+        *_MARKERS,
+    }
 )
 """Every sign of the synthetic language, in the fixed order their trajectories are drawn."""
 
@@ -273,8 +293,9 @@ def _sample_once(rng: np.random.Generator) -> tuple[list[str], str]:
     base, s_form, past, ing = _VERBS[verb]
     be = {"1sg": "am", "3sg": "is", "pl": "are"}[agr]
     do = "does" if agr == "3sg" else "do"
-    aux, main = {"past": ("did", base), "future": ("will", base), "progressive": (be, ing),
-                 "present": (do, base)}[tense]
+    aux, main = {"past": ("did", base), "future": ("will", base), "progressive": (be, ing), "present": (do, base)}[
+        tense
+    ]
     tail = [w for w in (obj_en, place_en, time_en) if w]
     if kind == "decl":
         if negated:
@@ -287,8 +308,7 @@ def _sample_once(rng: np.random.Generator) -> tuple[list[str], str]:
     elif kind == "yn":
         words, end = [aux, subj_en, main], "?"
     elif kind == "WHO":
-        verb_en = {"past": [past], "future": ["will", base], "progressive": ["is", ing],
-                   "present": [s_form]}[tense]
+        verb_en = {"past": [past], "future": ["will", base], "progressive": ["is", ing], "present": [s_form]}[tense]
         words, end = ["Who", *verb_en], "?"
     else:
         words, end = [_WH[kind], aux, subj_en, main], "?"
@@ -308,20 +328,14 @@ def _catmull_rom(keys: np.ndarray, u: np.ndarray) -> np.ndarray:
     t = (s - i)[:, None]
     p0, p1 = keys[np.maximum(i - 1, 0)], keys[i]
     p2, p3 = keys[i + 1], keys[np.minimum(i + 2, k - 1)]
-    return 0.5 * (
-        2 * p1
-        + (p2 - p0) * t
-        + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2
-        + (3 * p1 - p0 - 3 * p2 + p3) * t**3
-    )
+    return 0.5 * (2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2 + (3 * p1 - p0 - 3 * p2 + p3) * t**3)
 
 
 class _Signer:
     """A signer's style: a small linear map and offset in the latent space, and a tempo."""
 
     def __init__(self, rng: np.random.Generator) -> None:
-        self.matrix = np.eye(LATENT_DIM) + 0.2 * rng.standard_normal(
-            (LATENT_DIM, LATENT_DIM)) / np.sqrt(LATENT_DIM)
+        self.matrix = np.eye(LATENT_DIM) + 0.2 * rng.standard_normal((LATENT_DIM, LATENT_DIM)) / np.sqrt(LATENT_DIM)
         self.offset = 0.4 * rng.standard_normal(LATENT_DIM)
         self.tempo = float(rng.uniform(0.9, 1.1))
 
@@ -410,20 +424,27 @@ def _write_split(
             sentence_name = f"{vid}_{k}-1-rgb_front"
             np.save(out / "features" / f"{sentence_name}.npy", frames)
             end = t + len(frames) / FPS
-            lines.append(
-                f"{vid}\t{video_name}\t{vid}_{k}\t{sentence_name}\t{t:.2f}\t{end:.2f}\t{english}"
-            )
+            lines.append(f"{vid}\t{video_name}\t{vid}_{k}\t{sentence_name}\t{t:.2f}\t{end:.2f}\t{english}")
             lengths.append(len(frames))
             t = end + float(rng.uniform(0.3, 3.0))
     (out / f"how2sign_realigned_{name}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return {"sentences": n, "frames_min": min(lengths, default=0),
-            "frames_max": max(lengths, default=0),
-            "frames_mean": round(float(np.mean(lengths)), 2) if lengths else 0.0}
+    return {
+        "sentences": n,
+        "frames_min": min(lengths, default=0),
+        "frames_max": max(lengths, default=0),
+        "frames_mean": round(float(np.mean(lengths)), 2) if lengths else 0.0,
+    }
 
 
 def _params(seed: int, n_train: int, n_val: int, n_test: int, feature_dim: int) -> dict[str, Any]:
-    return {"version": VERSION, "seed": seed, "n_train": n_train, "n_val": n_val,
-            "n_test": n_test, "feature_dim": feature_dim}
+    return {
+        "version": VERSION,
+        "seed": seed,
+        "n_train": n_train,
+        "n_val": n_val,
+        "n_test": n_test,
+        "feature_dim": feature_dim,
+    }
 
 
 def _read_meta(out_dir: Path) -> dict[str, Any] | None:
@@ -439,17 +460,17 @@ def _check_replaceable(out_dir: Path) -> None:
     if not out_dir.exists() or (out_dir / "synth.json").is_file():
         return
     if not out_dir.is_dir():
-        raise DataError(Problem(str(out_dir), "exists and is not a folder",
-                                "choose another --out path"))
-    ours = {"features", "synth.json", *(f"how2sign_realigned_{s}.csv"
-                                         for s in ("train", "val", "test"))}
+        raise DataError(Problem(str(out_dir), "exists and is not a folder", "choose another --out path"))
+    ours = {"features", "synth.json", *(f"how2sign_realigned_{s}.csv" for s in ("train", "val", "test"))}
     foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in ours)
     if foreign:
-        raise DataError(Problem(
-            str(out_dir),
-            f"is not empty and holds no synth.json, so it is not synthetic data: found {foreign[:5]}",
-            "choose an empty or new folder for the synthetic data, or delete this one yourself",
-        ))
+        raise DataError(
+            Problem(
+                str(out_dir),
+                f"is not empty and holds no synth.json, so it is not synthetic data: found {foreign[:5]}",
+                "choose an empty or new folder for the synthetic data, or delete this one yourself",
+            )
+        )
 
 
 def generate(
@@ -481,8 +502,7 @@ def generate(
     Raises:
         DataError: a parameter is out of range, or ``out_dir`` holds other files.
     """
-    return _build(Path(out_dir), _params(seed, n_train, n_val, n_test, feature_dim),
-                  keep_current=False)
+    return _build(Path(out_dir), _params(seed, n_train, n_val, n_test, feature_dim), keep_current=False)
 
 
 def _build(out_dir: Path, params: dict[str, Any], *, keep_current: bool) -> dict[str, Any]:
@@ -490,8 +510,12 @@ def _build(out_dir: Path, params: dict[str, Any], *, keep_current: bool) -> dict
     n_train, n_val, n_test = params["n_train"], params["n_val"], params["n_test"]
     problems = [
         Problem(f"synth: {key}", f"must be >= {low}, but got {value}", f"pass {key} >= {low}")
-        for key, value, low in (("n_train", n_train, 1), ("n_val", n_val, 1),
-                                ("n_test", n_test, 0), ("feature_dim", feature_dim, 1))
+        for key, value, low in (
+            ("n_train", n_train, 1),
+            ("n_val", n_val, 1),
+            ("n_test", n_test, 0),
+            ("feature_dim", feature_dim, 1),
+        )
         if value < low
     ]
     if problems:

@@ -49,11 +49,13 @@ class Tokenizer:
         """
         found = [hf.id_to_token(i) for i in range(len(SPECIAL_TOKENS))]
         if found != SPECIAL_TOKENS:
-            raise DataError(Problem(
-                where,
-                f"ids 0-3 must be {SPECIAL_TOKENS}, but are {found}",
-                "train the tokenizer with signtune.data.tokenizer.train_tokenizer",
-            ))
+            raise DataError(
+                Problem(
+                    where,
+                    f"ids 0-3 must be {SPECIAL_TOKENS}, but are {found}",
+                    "train the tokenizer with signtune.data.tokenizer.train_tokenizer",
+                )
+            )
         self._hf = hf
         self._n_special = len(SPECIAL_TOKENS)
 
@@ -108,11 +110,13 @@ class Tokenizer:
         try:
             hf = HFTokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises plain Exception for bad JSON
-            raise DataError(Problem(
-                str(path),
-                f"cannot be read as a tokenizer: {exc}",
-                "delete it so that it is trained again, or point at a tokenizer.json",
-            )) from exc
+            raise DataError(
+                Problem(
+                    str(path),
+                    f"cannot be read as a tokenizer: {exc}",
+                    "delete it so that it is trained again, or point at a tokenizer.json",
+                )
+            ) from exc
         return cls(hf, where=str(path))
 
 
@@ -128,17 +132,21 @@ def train_tokenizer(texts: list[str], *, vocab_size: int, lowercase: bool) -> To
         DataError: ``vocab_size`` is too small to hold the special tokens.
     """
     if vocab_size <= len(SPECIAL_TOKENS):
-        raise DataError(Problem(
-            "data.vocab_size",
-            f"must be > {len(SPECIAL_TOKENS)} (the special tokens), but got {vocab_size}",
-            "set data.vocab_size to a few thousand",
-        ))
+        raise DataError(
+            Problem(
+                "data.vocab_size",
+                f"must be > {len(SPECIAL_TOKENS)} (the special tokens), but got {vocab_size}",
+                "set data.vocab_size to a few thousand",
+            )
+        )
     hf = HFTokenizer(models.WordLevel(unk_token="<unk>"))
     if lowercase:
         hf.normalizer = normalizers.Lowercase()
     hf.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.WordLevelTrainer(
-        vocab_size=vocab_size, min_frequency=1, special_tokens=list(SPECIAL_TOKENS),
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=list(SPECIAL_TOKENS),
         show_progress=False,
     )
     hf.train_from_iterator(texts, trainer=trainer)
@@ -148,8 +156,7 @@ def train_tokenizer(texts: list[str], *, vocab_size: int, lowercase: bool) -> To
 def cache_key(texts: list[str], *, vocab_size: int, lowercase: bool) -> str:
     """sha256 of the texts and settings: the name of a cached tokenizer."""
     h = hashlib.sha256()
-    h.update(json.dumps({"format": CACHE_FORMAT, "vocab_size": vocab_size,
-                         "lowercase": lowercase}).encode())
+    h.update(json.dumps({"format": CACHE_FORMAT, "vocab_size": vocab_size, "lowercase": lowercase}).encode())
     for text in texts:
         data = text.encode("utf-8")
         h.update(len(data).to_bytes(8, "little"))
@@ -157,9 +164,7 @@ def cache_key(texts: list[str], *, vocab_size: int, lowercase: bool) -> str:
     return h.hexdigest()
 
 
-def load_or_train_tokenizer(
-    texts: list[str], *, vocab_size: int, lowercase: bool, cache_dir: Path
-) -> Tokenizer:
+def load_or_train_tokenizer(texts: list[str], *, vocab_size: int, lowercase: bool, cache_dir: Path) -> Tokenizer:
     """The cached tokenizer for these texts and settings, trained and cached on a miss.
 
     Args:

@@ -15,9 +15,7 @@ __all__ = ["BUILDERS", "DecoderCache", "SignTransformer", "build_model"]
 def _check(cfg: ModelConfig) -> list[Problem]:
     problems: list[Problem] = []
     if cfg.num_heads < 1:
-        problems.append(
-            Problem("model.num_heads", f"must be >= 1, but got {cfg.num_heads}", "use 1 or more")
-        )
+        problems.append(Problem("model.num_heads", f"must be >= 1, but got {cfg.num_heads}", "use 1 or more"))
     elif cfg.d_model % cfg.num_heads != 0:
         divisors = [h for h in range(1, min(cfg.d_model, 32) + 1) if cfg.d_model % h == 0]
         problems.append(
@@ -38,9 +36,7 @@ def _check(cfg: ModelConfig) -> list[Problem]:
         if value < low:
             problems.append(Problem(key, f"must be >= {low}, but got {value}", f"use {low} or more"))
     if not 0.0 <= cfg.dropout < 1.0:
-        problems.append(
-            Problem("model.dropout", f"must be in [0, 1), but got {cfg.dropout}", "use e.g. 0.1")
-        )
+        problems.append(Problem("model.dropout", f"must be in [0, 1), but got {cfg.dropout}", "use e.g. 0.1"))
     return problems
 
 

@@ -146,12 +146,8 @@ class DecoderBlock(nn.Module):
     def step(self, x: Tensor, cache: DecoderCache, layer: int) -> Tensor:
         """One new position ``(B, 1, d)`` against layer ``layer`` of ``cache`` (eval only)."""
         pos = cache.length
-        x = x + self.self_attn.step(
-            self.self_norm(x), cache.self_k[layer], cache.self_v[layer], pos
-        )
-        x = x + self.cross_attn(
-            self.cross_norm(x), cache.cross_k[layer], cache.cross_v[layer], cache.memory_mask
-        )
+        x = x + self.self_attn.step(self.self_norm(x), cache.self_k[layer], cache.self_v[layer], pos)
+        x = x + self.cross_attn(self.cross_norm(x), cache.cross_k[layer], cache.cross_v[layer], cache.memory_mask)
         return x + self.ff(self.ff_norm(x))
 
 
@@ -237,9 +233,7 @@ class SignTransformer(nn.Module):
     ) -> None:
         super().__init__()
         if d_model % num_heads != 0:
-            raise ValueError(
-                f"d_model must be divisible by num_heads, but got {d_model=} and {num_heads=}"
-            )
+            raise ValueError(f"d_model must be divisible by num_heads, but got {d_model=} and {num_heads=}")
         self.d_model = d_model
         self.num_heads = num_heads
         self.vocab_size = vocab_size
@@ -248,9 +242,7 @@ class SignTransformer(nn.Module):
 
         self.input_proj = nn.Linear(feature_dim, d_model)
         self.input_norm = nn.LayerNorm(d_model)
-        self.register_buffer(
-            "positions", sinusoidal_positions(max_positions, d_model), persistent=False
-        )
+        self.register_buffer("positions", sinusoidal_positions(max_positions, d_model), persistent=False)
         self.encoder_blocks = nn.ModuleList(
             EncoderBlock(d_model, num_heads, ff_mult, dropout) for _ in range(num_encoder_layers)
         )

@@ -59,9 +59,7 @@ def param_groups(
         if decay:
             out.append({"name": name, "params": decay, "lr": group_lr, "weight_decay": weight_decay})
         if no_decay:
-            out.append(
-                {"name": f"{name}.no_decay", "params": no_decay, "lr": group_lr, "weight_decay": 0.0}
-            )
+            out.append({"name": f"{name}.no_decay", "params": no_decay, "lr": group_lr, "weight_decay": 0.0})
     return out
 
 

@@ -1,0 +1,122 @@
+"""Every benchmark's ``main`` on a tiny setting, and RESULTS.md rendered from what they return.
+
+Keeps ``python -m benchmarks`` from rotting; the figures themselves are not checked.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the repository, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from benchmarks.common import demo_data
+
+    return demo_data(tmp_path_factory.mktemp("bench") / "data", n_train=200, n_val=20, n_test=10)
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, Any]:
+    return {}
+
+
+def test_trainer_throughput(data: Path, results: dict[str, Any]) -> None:
+    from benchmarks import trainer_throughput
+
+    r = trainer_throughput.main(
+        ["--clips", "40", "--batch-size", "16", "--repeats", "1", "--data", str(data), "--profile"]
+    )
+    assert r["steps_per_run"] == 3
+    assert {row["loop"] for row in r["rows"]} == {"ours (fit)", "naive loop"}
+    assert r["ratio_wall"] > 0 and "profile_parts" in r
+    results["trainer"] = r
+
+
+def test_eval_cost(data: Path, results: dict[str, Any]) -> None:
+    from benchmarks import eval_cost
+
+    r = eval_cost.main(
+        ["--clips", "40", "--epochs", "1", "--repeats", "1", "--val-clips", "6", "--data", str(data), "--profile"]
+    )
+    assert 0 < r["share"]["share"] < 1
+    assert r["decode"]["val_clips"] == 6 and r["decode"]["ratio_wall"] > 0
+    assert "max_len_probe" in r
+    results["eval"] = r
+
+
+def test_startup(data: Path, results: dict[str, Any]) -> None:
+    from benchmarks import startup
+
+    r = startup.main(["--repeats", "1", "--no-e2e", "--data", str(data)])
+    assert set(startup.PHASES) <= set(r["phases"])
+    assert r["total_s"] == pytest.approx(sum(r["phases"].values()))
+    results["startup"] = r
+
+
+def test_storage_stress(results: dict[str, Any]) -> None:
+    from benchmarks import storage_stress
+
+    rows = storage_stress.main(["--workers", "1", "--trials", "3", "--task-s", "0", "--backends", "journal"])
+    assert rows[0]["finished"] == 3
+    results["storage"] = rows
+
+
+def test_tuning_efficiency(data: Path, tmp_path: Path, results: dict[str, Any]) -> None:
+    from benchmarks import tuning_efficiency
+
+    html = tmp_path / "curves.html"
+    r = tuning_efficiency.main(
+        [
+            "--inline",
+            "--subset",
+            "0.01",
+            "--epochs",
+            "1",
+            "--budget",
+            "1",
+            "--marks",
+            "1",
+            "--seeds",
+            "1",
+            "--target",
+            "50",
+            "--data",
+            str(data),
+            "--html",
+            str(html),
+        ]
+    )
+    assert set(r["summary"]) == {"ours", "plain_tpe", "random"}
+    assert [c["vs"] for c in r["checks"]] == ["plain_tpe", "random"]
+    assert "<html>" in html.read_text()
+    results["tuning"] = r
+
+
+def test_results_md_renders(data: Path, results: dict[str, Any]) -> None:
+    from benchmarks.__main__ import render
+    from benchmarks.common import machine
+
+    if len(results) < 5:
+        pytest.skip("needs every benchmark's result from the tests above")
+    text = render(results, machine(), 1.0, data, {"storage_command": "x", "durations": {"x": 1.0}})
+    for heading in (
+        "## Machine",
+        "## Targets",
+        "## 1. Trainer",
+        "## 2. Validation",
+        "## 3. Start-up",
+        "## 4. Storage",
+        "## 5. Tuning",
+    ):
+        assert heading in text
+    assert "MET" in text and str(data) not in text
