@@ -8,6 +8,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests choose their MLflow store explicitly; none inherits one from the environment."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("SIGNTUNE_STORAGE", raising=False)
+    monkeypatch.delenv("SIGNTUNE_FAULTS", raising=False)
+
+
 @pytest.fixture
 def study_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A scratch project folder holding a copy of the demo study and search space.

@@ -71,6 +71,7 @@ def test_storage_stress(results: dict[str, Any]) -> None:
     results["storage"] = rows
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Optuna's importances on one trial, in the study export
 def test_tuning_efficiency(data: Path, tmp_path: Path, results: dict[str, Any]) -> None:
     from benchmarks import tuning_efficiency
 

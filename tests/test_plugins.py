@@ -35,7 +35,7 @@ def test_digits_example_with_two_workers(tmp_path: Path) -> None:
     states = [t.state for t in study.trials]
     assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 8
     assert TrialState.PRUNED in states, "the lr=1e-4, fully frozen config is pruned against the good one"
-    assert study.best_value > 80.0  # digits accuracy in %, from a pretrained backbone
+    assert study.best_value > 50.0  # val accuracy in % after 5 short epochs (chance: 10%)
     for name in ("best_params.json", "trials.csv", "report.html"):
         assert (ex / "export" / name).is_file()
     import mlflow

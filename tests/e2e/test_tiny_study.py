@@ -59,8 +59,10 @@ def test_tiny_study_end_to_end(tiny_project: Path) -> None:
     # MLflow: one parent run and one child per trial, with per-epoch metrics.
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{sdir / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["tiny"], output_format="list")
+    # A client, not mlflow.set_tracking_uri: that also exports MLFLOW_TRACKING_URI to every
+    # later subprocess of this test session.
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{sdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     parents = [r for r in runs if r.data.tags.get("signtune.role") == "study"]
     children = [r for r in runs if r.data.tags.get("signtune.role") == "trial"]
     assert len(parents) == 1
@@ -68,7 +70,6 @@ def test_tiny_study_end_to_end(tiny_project: Path) -> None:
     assert all(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id for r in children)
     pruned_runs = [r for r in children if r.data.tags.get("signtune.state") == "pruned"]
     assert len(pruned_runs) == len(pruned)
-    client = mlflow.MlflowClient()
     for t in s.trials:
         run_id = t.user_attrs["mlflow_run_id"]
         history = client.get_metric_history(run_id, "val_chrf")
