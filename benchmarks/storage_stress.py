@@ -122,14 +122,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     rows = []
+    cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
-        for backend in args.backends.split(","):
-            if backend == "postgresql" and not _postgres_up():
-                rows.append({"backend": backend, "error": "PostgreSQL on 127.0.0.1:5432 is not reachable"})
-                continue
-            rows.append(run_backend(backend, workers=args.workers, trials=args.trials, task_s=args.task_s, root=Path(tmp)))
-            print(rows[-1], flush=True)
+        try:
+            for backend in args.backends.split(","):
+                if backend == "postgresql" and not _postgres_up():
+                    rows.append({"backend": backend, "error": "PostgreSQL on 127.0.0.1:5432 is not reachable"})
+                    continue
+                rows.append(
+                    run_backend(backend, workers=args.workers, trials=args.trials, task_s=args.task_s, root=Path(tmp))
+                )
+                print(rows[-1], flush=True)
+        finally:  # the suite runs other benchmarks after this one, from the caller's folder
+            os.chdir(cwd)
     return rows
 
 

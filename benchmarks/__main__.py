@@ -1,0 +1,403 @@
+"""The CPU benchmark suite: ``python -m benchmarks`` (``make bench``) rewrites benchmarks/RESULTS.md.
+
+    python -m benchmarks            # about 20 minutes on a 2-core CPU machine
+    python -m benchmarks --full     # storage stress at 16 workers x 200 trials, 5 tuning seeds whatever it takes
+
+Runs, in this order, on one set of demo data generated into a temporary folder:
+trainer_throughput, eval_cost, startup, storage_stress, tuning_efficiency. The tuning benchmark
+runs last and gets as many seeds (up to 5) as the time budget (``--budget-s``) leaves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import demo_data, loadavg, machine
+
+HERE = Path(__file__).resolve().parent
+TUNE_BUDGET_S = 180.0
+TUNE_TARGET_BLEU = 5  # in this reduced problem (600 clips, 6 epochs) the best configs reach 10-15
+TUNE_OVERHEAD_S = 75.0  # per seed beyond the budget: start-up, the cut trial, off-clock scoring, export
+
+
+def _status(met: bool) -> str:
+    return "**MET**" if met else "**NOT MET**"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _code(text: str) -> str:
+    return "```\n" + text.rstrip() + "\n```"
+
+
+def _cmd(result: dict[str, Any], data: Path) -> str:
+    return "`" + result["command"].replace(str(data), "$DATA") + "`"
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+
+
+def trainer_section(r: dict[str, Any], data: Path) -> str:
+    rows = [[x["loop"], f"{x['ms_per_step']:.1f}", f"{x['samples_per_s']:.0f}", f"{x['cpu_ms_per_step']:.1f}",
+             f"{r['padding'][x['loop']]:.2f}", x["wall_s_runs"]] for x in r["rows"]]
+    out = [
+        "## 1. Trainer throughput",
+        f"Command: {_cmd(r, data)}",
+        f"Our `fit` against the naive tutorial-style loop (`benchmarks/naive.py`), same model class and size "
+        f"({r['model']}), same {r['clips']} training clips of the demo data (D = 64), batch size {r['batch_size']}, "
+        f"fp32, {r['steps_per_run']} optimizer steps per run (one epoch), {r['threads']} torch threads. The naive "
+        "loop reads each clip's `.npy` in `Dataset.__getitem__`, pads in a `DataLoader` collate and calls "
+        f"`loss.item()` every step. Interleaved, {r['repeats']} repeats after one warm-up each; medians. Load "
+        f"average before / after: {r['load_before']} / {r['load_after']}.",
+        _table(["loop", "ms/step", "samples/s", "CPU ms/step", "real frames / padded frames", "wall s per run"], rows),
+        f"Ratio ours / naive: **{r['ratio_wall']:.2f}x** samples/s (wall), {r['ratio_cpu']:.2f}x on CPU time. "
+        f"Target >= 3x: {_status(r['met'])}.",
+    ]
+    if "profile" in r:
+        parts = r["profile_parts"]
+        names = list(parts)
+        keys = list(parts[names[0]])
+        rows = [[k, *(f"{parts[n][k]:.2f}" for n in names)] for k in keys]
+        ours, naive = parts[names[0]], parts[names[1]]
+        model_share = lambda p: (p["forward"] + p["backward"]) / p["total"]  # noqa: E731
+        out += [
+            "### Profile (cProfile, one epoch of each; seconds, parts overlap where they nest)",
+            _table(["part", *names], rows),
+            _code(r["profile"]),
+            "**Why the target is not met.** Both loops train the same model, and its forward and backward are "
+            f"{100 * model_share(ours):.0f}% of our profiled epoch and {100 * model_share(naive):.0f}% of the naive "
+            f"one. What our loop removes is the rest: batches from memory instead of {r['clips']} `np.load` calls "
+            f"plus collation per epoch ({naive['batches (collate / DataLoader incl. file reads)']:.2f} s against "
+            f"{ours['batches (collate / DataLoader incl. file reads)']:.2f} s), foreach AdamW instead of a Python "
+            f"loop over tensors ({naive['optimizer']:.2f} s against {ours['optimizer']:.2f} s), one host read of the "
+            f"loss per epoch instead of one per step, and length-aware buckets: "
+            f"{100 * r['padding']['ours (fit)']:.0f}% of our padded frames are real against "
+            f"{100 * r['padding']['naive loop']:.0f}% in the naive loop's random batches, which is why its forward "
+            "and backward cost more for the same clips. On a CPU, where the model's matmuls are the step, that "
+            "bounds the ratio well below 3x. 3x is more plausible on a GPU, where the naive loop's per-step host "
+            "syncs and per-clip file reads would stall the device and bf16 autocast and the fused optimizer apply "
+            "(not measured here: no GPU in this session).",
+            "**Fix made / proposed.** Nothing left to take out of the loop on the CPU: the remaining time is "
+            "the model's own linear layers, attention, dropout and backward. Proposed: (1) state the CPU target as "
+            f"~1.5x against the same model (measured here: {r['ratio_wall']:.2f}x) and keep 3x for the GPU run; "
+            "(2) try `torch.compile(model)` on CPU for the training step (fuses dropout, residual adds, LayerNorm and "
+            "GELU, which are a visible share of the profile) and keep it if the compile time pays back within a "
+            "trial; (3) rerun this benchmark on a GPU session, where the loop-level differences dominate.",
+        ]
+    return "\n\n".join(out)
+
+
+def eval_section(r: dict[str, Any], data: Path) -> str:
+    share, dec = r["share"], r["decode"]
+    runs = [[x["seed"], f"{x['fit_wall_s']:.1f}", f"{x['train_s']:.1f}", f"{x['eval_s']:.1f}",
+             f"{100 * x['share']:.1f}%", ", ".join(f"{e['eval_s']:.1f}/{e['train_s']:.1f}" for e in x["per_epoch"]),
+             ", ".join(f"{e['val_bleu']:.1f}" for e in x["per_epoch"])] for x in share["runs"]]
+    rows = [[x["decoder"], f"{x['wall_s']:.2f}", f"{x['cpu_s']:.2f}", f"{x['bleu']:.2f}", x["runs"]]
+            for x in dec["rows"]]
+    out = [
+        "## 2. Validation cost",
+        f"Command: {_cmd(r, data)}",
+        f"(a) Share of a trial spent validating on the whole val split: {share['config']}; "
+        f"{r['threads']} torch threads. Load average before / after: {r['load_before']} / {r['load_after']}.",
+        _table(["run (seed)", "fit wall s", "training s", "validation s", "validation share",
+                "per epoch: validation s / training s", "val BLEU per epoch"], runs),
+        f"Validation share (median): **{100 * share['share']:.1f}%**. Target <= 15%: {_status(r['met'])}.",
+        f"(b) Decoding the whole val split ({dec['val_clips']} clips, max_len {dec['max_len']}) with the model "
+        "`fit` leaves after one epoch, and scoring it (same sacrebleu call); interleaved repeats, medians.",
+        _table(["decoder", "wall s", "CPU s", "BLEU", "wall s per run"], rows),
+        f"Ours is **{dec['ratio_wall']:.1f}x** faster (wall; {dec['ratio_cpu']:.1f}x on CPU time); the two "
+        f"produce identical hypotheses for {dec['identical_hypotheses']} clips.",
+    ]
+    if "profile" in r:
+        p = r["profile_parts"]
+        probe = r["max_len_probe"]
+        names = list(probe)
+        long_s, short_s = probe[names[0]]["wall_s"], probe[names[1]]["wall_s"]
+        out += [
+            "### Profile (cProfile of one validation after one epoch)",
+            _table(["part", "seconds"], [[k, f"{v:.2f}"] for k, v in p.items()]),
+            _code(r["profile"]),
+            _table(["eval.max_len", "validation wall s (median)", "BLEU"],
+                   [[n, f"{v['wall_s']:.2f}", f"{v['bleu']:.2f}"] for n, v in probe.items()]),
+            "**Why the target is not met.** Validation runs the whole 300-clip split every epoch of every trial, "
+            f"and {100 * p['decode steps'] / max(p['total'], 1e-9):.0f}% of it is the cached decoder steps. A model "
+            "early in training rarely emits EOS, so every batch runs all `eval.max_len` = 32 steps although the "
+            f"longest val reference is {r['ref_len']} tokens; the early epochs, which are exactly the ones the "
+            "median pruner judges, pay the full 32 steps. Training an epoch on 900 clips costs only a few times more "
+            "than decoding 300 clips 32 tokens deep, hence the share.",
+            f"**Fix proposed** (the trainer and the demo spec are not this benchmark's to change): cap decoding at "
+            f"what the data can need. With `eval.max_len` {names[1].split()[-1]} (longest reference + 4) the same "
+            f"validation takes {short_s:.2f} s instead of {long_s:.2f} s ({100 * (1 - short_s / long_s):.0f}% less); "
+            "in the trainer, `fit` could cap decoding per run at the longest training target + a margin when "
+            "`eval.max_len` is larger; that changes only hypotheses longer than any target (wrong anyway) and "
+            "applies to every study. Validating on a fixed 100-clip slice during the pruner's warm-up epochs "
+            "would cut the rest.",
+        ]
+    return "\n\n".join(out)
+
+
+def startup_section(r: dict[str, Any], data: Path) -> str:
+    rows = [[name, f"{s:.2f}", r["runs"].get(name, r["runs"]["import"])] for name, s in r["phases"].items()]
+    rows.append(["**time to first step (sum)**", f"**{r['total_s']:.2f}**", ""])
+    out = [
+        "## 3. Start-up: `study run` to the first optimizer step",
+        f"Command: {_cmd(r, data)}",
+        "A temporary copy of the demo study and search space with the demo data already generated (nothing else "
+        "cached). Each phase `study run` goes through before its first step is timed in a fresh process (the "
+        "trainer is not instrumented; see `benchmarks/startup.py`); the first phase is `python -c \"import "
+        f"signtune.cli\"` as a subprocess. Medians of the runs. Load average before / after: {r['load_before']} / "
+        f"{r['load_after']}.",
+        _table(["phase", "seconds (median)", "runs"], rows),
+        f"Target <= 5 s: {_status(r['met'])}. For scale: loading the data again in the same process (what later "
+        f"trials pay) takes {r['data_warm_s']:.2f} s, and a second training step {r['second_step_s']:.2f} s.",
+    ]
+    if "e2e" in r:
+        out.append(f"End to end, `{r['e2e']['command']}` (first step, one epoch on 300 clips, validation, export, "
+                   f"MLflow): {r['e2e']['wall_s']:.1f} s, exit code {r['e2e']['exit']}.")
+    if "profile" in r:
+        phases = r["phases"]
+        heavy = sorted(phases.items(), key=lambda kv: -kv[1])[:3]
+        out += [
+            "### Profile (import time)",
+            _code(r["profile"]),
+            "**Why the target is not met.** The three largest phases are "
+            + ", ".join(f"{n} ({s:.2f} s)" for n, s in heavy)
+            + ". MLflow costs its import (about 1 s on an idle machine) plus creating a fresh SQLite tracking "
+            "store (MLflow runs its schema migrations on a new `mlflow.db`) before the first trial; torch's import "
+            "is paid when the trainer is first imported; and `model + optimizer + batches` collates every batch of "
+            "the demo spec's whole training split (3000 clips, subset 1.0) before step one. The first step itself "
+            "pays torch's one-time kernel set-up (compare the second step).",
+            "**Fix proposed.** (1) Start MLflow in a background thread while data loads, or create the parent "
+            "run lazily after the first epoch's report, which takes its import and schema set-up off the path "
+            "to the first step; (2) import torch on a thread at the start of `study run` while the spec is "
+            "checked; (3) make batches lazily (collate batch i when step i needs it) so the first step does not "
+            "wait for the whole epoch's collation. Each is outside `benchmarks/` and left to the code owners.",
+        ]
+    return "\n\n".join(out)
+
+
+def storage_section(rows: list[dict[str, Any]], command: str) -> str:
+    keys = ["backend", "workers", "trials", "finished", "failed", "lock_errors", "wall_s", "trials_window_s",
+            "overhead_ms_per_trial", "error"]
+    return "\n\n".join([
+        "## 4. Storage stress",
+        f"Command: `{command}`",
+        "W worker processes x N trials of a plug-in task that sleeps 50 ms, per backend (see "
+        "`benchmarks/storage_stress.py`). Overhead = worker time per trial beyond the task's sleep, between the "
+        "first trial's start and the last trial's end.",
+        _table(keys, [[r.get(k, "") for k in keys] for r in rows]),
+    ])
+
+
+def _tuning_why(s: dict[str, Any], trainer_ratio: float | None) -> str:
+    """Why the tuning targets were missed, from the run's own counts."""
+    ours, plain, rnd = s.get("ours", {}), s.get("plain_tpe", {}), s.get("random", {})
+    started = [c + p + x for c, p, x in zip(ours.get("trials_complete", []), ours.get("trials_pruned", []),
+                                            ours.get("trials_cut", []), strict=True)]
+    completed = ours.get("trials_complete", [])
+    pruned = sum(ours.get("trials_pruned", []))
+    parts = [
+        "**Why the target is not met.** Trials finished per seed within the budget: "
+        f"ours {completed}, plain TPE {plain.get('trials_complete')}, random {rnd.get('trials_complete')}."
+    ]
+    if started and max(started) <= 8:
+        parts.append(f"The demo spec's TPE samples its first 8 trials at random, and ours started at most "
+                     f"{max(started)} trials per seed, so its search never left TPE's random start-up phase: within "
+                     "this budget ours IS random search with the demo's first config enqueued, and cannot beat "
+                     "random search with the same trainer by 6x except by luck.")
+    if completed and max(completed) < 5:
+        parts.append("The median pruner waits for 5 completed trials before it prunes anything; no seed got there, "
+                     f"so it pruned {pruned} trials.")
+    elif pruned:
+        parts.append(f"The median pruner pruned {pruned} trials in all.")
+    speed = f"about {trainer_ratio:.1f}x per training step on this CPU (section 1)" if trainer_ratio else \
+        "the trainer speed-up of section 1"
+    parts.append(f"Against the naive set-up, ours' edge is its trainer ({speed}) and its batched validation, "
+                 "set against the naive set-up validating on only 30 clips; whether a run reaches the target "
+                 "first then depends mostly on which random configs come first, which only more seeds and longer "
+                 "budgets average out.")
+    return " ".join(parts)
+
+
+def tuning_section(r: dict[str, Any], data: Path, note: str, notes_trainer_ratio: float | None = None) -> str:
+    s = r["summary"]
+    marks = [str(int(m)) for m in r["marks"]]
+
+    def ttt(v: dict[str, Any]) -> str:
+        med = v["median_time_to_target_s"]
+        return (f"{med:.0f}" if math.isfinite(med) else f"> {r['budget_s']:.0f}") + \
+            " (" + ", ".join(f"{x:.0f}" if math.isfinite(x) else "-" for x in v["time_to_target_s"]) + ")"
+
+    rows = [[name, ttt(v), v["reached"],
+             *(f"{v['best_at'][m]:.1f} {v['best_at_runs'][m]}" for m in marks),
+             f"{v['trials_complete']} / {v['trials_pruned']} / {v['trials_cut']}",
+             f"{v['mean_epoch_s']:.1f}", f"{100 * v['eval_share_of_epochs']:.0f}%"] for name, v in s.items()]
+    checks = [[f"ours vs {c['vs']}", c["text"], f">= {c['need']:g}x", _status(c["met"])] for c in r["checks"]]
+    out = [
+        "## 5. Tuning efficiency",
+        f"Command: {_cmd(r, data)}",
+        f"Problem: {r['problem']}. Target val BLEU-4 **{r['target_bleu']:g}** (whole val split), budget "
+        f"{r['budget_s']:.0f} wall s per set-up and seed, {r['seeds']} seed(s) (sampler seeds 0..{r['seeds'] - 1}). "
+        "`ours` = `run_study` with the demo spec's TPE + median pruner, 1 worker, our `fit`; `plain_tpe` = plain "
+        "Optuna TPE, no pruning, the naive loop with per-clip 30-clip validation each epoch (Optuna optimises that "
+        "30-clip BLEU; the curves and the figures below use each finished trial's final model scored on the whole "
+        "val split off the clock, the 30-clip figures are in the JSON row `best30_at`: "
+        f"{ {k: round(v, 1) for k, v in s.get('plain_tpe', {}).get('best30_at', {}).items()} }); `random` = "
+        "RandomSampler, no pruning, our `fit`. All queue the demo's enqueued config first; MLflow off for all. "
+        "The three set-ups of a seed ran side by side, one torch thread each, so they shared the same machine "
+        f"load (about 2/3 of a core each on 2 cores). Load average at each seed's start: {r['load_during']}.",
+        note,
+        _table(["set-up", "time to target s: median (per seed)", "reached", *(f"best BLEU at {m} s: median (per seed)"
+                                                                              for m in marks),
+                "trials complete / pruned / cut per seed", "mean epoch s (train + val)", "val share of epochs"],
+               rows),
+        _table(["check", "measured", "target", "status"], checks),
+        "Best-so-far curves: [`benchmarks/tuning_efficiency.html`](tuning_efficiency.html) (self-contained plotly). "
+        "No PNG: kaleido is not installed.",
+    ]
+    if not r["met"]:
+        out += [
+            "### Where the budget went (time accounting per set-up)",
+            _table(["set-up", "epochs run (all seeds)", "mean epoch s (train + val)", "val share",
+                    "trials complete per seed"],
+                   [[n, v["epochs_run"], f"{v['mean_epoch_s']:.1f}", f"{100 * v['eval_share_of_epochs']:.0f}%",
+                     v["trials_complete"]] for n, v in s.items()]),
+            _tuning_why(s, notes_trainer_ratio),
+            "**Fix proposed.** Measure on the setting the targets were set for, where TPE and the pruner have "
+            "trials to work with: the demo problem at full size and a longer budget, e.g. `python -m "
+            "benchmarks.tuning_efficiency --subset 0.3 --epochs 8 --budget 600 --seeds 5 --target 30` (about an "
+            "hour; better on a GPU session). For short CPU budgets, a spec with fewer start-up trials "
+            "(`sampler.n_startup_trials: 4`, `pruner.n_startup_trials: 3`, `n_warmup_steps: 1`) would let TPE "
+            "and the pruner act from the 4th trial on; that is a choice for the study's owner, not made here.",
+        ]
+    return "\n\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def render(results: dict[str, Any], mach: dict[str, str], suite_s: float, data: Path, notes: dict[str, str]) -> str:
+    targets = []
+    if "trainer" in results:
+        r = results["trainer"]
+        targets.append(["trainer samples/s >= 3x the naive loop (CPU)", f"{r['ratio_wall']:.2f}x", _status(r["met"])])
+    if "eval" in results:
+        r = results["eval"]
+        targets.append(["validation <= 15% of a trial's time", f"{100 * r['share']['share']:.1f}%", _status(r["met"])])
+    if "tuning" in results:
+        for c in results["tuning"]["checks"]:
+            need = f"{c['need']:g}x"
+            targets.append([f"time to BLEU {results['tuning']['target_bleu']:g} >= {need} faster than {c['vs']}",
+                            c["text"], _status(c["met"])])
+    if "startup" in results:
+        r = results["startup"]
+        targets.append(["`study run` to first optimizer step <= 5 s", f"{r['total_s']:.2f} s", _status(r["met"])])
+    head = [
+        "# Benchmarks: side-by-side ratios",
+        f"Written by `python -m benchmarks` (`make bench`); every run rewrites this file. This run took "
+        f"**{suite_s / 60:.1f} min** ({suite_s:.0f} s) in all.",
+        "## Machine",
+        _table(["", ""], [[k, v] for k, v in mach.items()] + [["load average (1/5/15 min) at the end", loadavg()]]),
+        "Label: **CPU**. No GPU is lent to this task, so every figure here is a CPU figure; the GPU figures are "
+        "left for a session with one. Other people's test runs shared this machine during the suite (see the "
+        "load averages per benchmark): A/B runs are interleaved (A, B, A, B...) and figures are medians, and CPU "
+        "time is reported beside wall time where it applies.",
+        "## Targets",
+        _table(["target", "measured", "status"], targets),
+    ]
+    sections = []
+    if "trainer" in results:
+        sections.append(trainer_section(results["trainer"], data))
+    if "eval" in results:
+        sections.append(eval_section(results["eval"], data))
+    if "startup" in results:
+        sections.append(startup_section(results["startup"], data))
+    if "storage" in results:
+        sections.append(storage_section(results["storage"], notes.get("storage_command", "")))
+    if "tuning" in results:
+        ratio = results["trainer"]["ratio_wall"] if "trainer" in results else None
+        sections.append(tuning_section(results["tuning"], data, notes.get("tuning", ""), ratio))
+    timing = _table(["benchmark", "seconds"], [[k, f"{v:.0f}"] for k, v in notes.get("durations", {}).items()])
+    tail = ["## Suite timing", timing,
+            "`$DATA` in the commands is the temporary folder the suite generated the demo data into "
+            "(`signtune.data.synth.generate` with the demo spec's parameters: 3000/300/300 clips, D = 64, seed 0); "
+            "without `--data` each benchmark generates its own."]
+    return "\n\n".join(head + sections + tail) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="storage stress at its defaults, 5 tuning seeds")
+    ap.add_argument("--budget-s", type=float, default=1200.0, help="the suite's time budget (sets tuning seeds)")
+    ap.add_argument("--only", default="trainer,eval,startup,storage,tuning")
+    ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    ap.add_argument("--html", type=Path, default=HERE / "tuning_efficiency.html")
+    args = ap.parse_args(argv)
+
+    from benchmarks import eval_cost, startup, storage_stress, trainer_throughput, tuning_efficiency
+
+    started = time.perf_counter()
+    only = set(args.only.split(","))
+    mach = machine()
+    results: dict[str, Any] = {}
+    durations: dict[str, float] = {}
+    notes: dict[str, Any] = {"durations": durations}
+    with tempfile.TemporaryDirectory(prefix="signtune-bench-") as tmp:
+        data = demo_data(Path(tmp) / "data")
+        d = ["--data", str(data)]
+        plan: list[tuple[str, Any, list[str]]] = [
+            ("trainer", trainer_throughput, ["--clips", "900", "--repeats", "5", *d]),
+            ("eval", eval_cost, ["--clips", "900", "--epochs", "3", "--repeats", "3", "--share-repeats", "2", *d]),
+            ("startup", startup, ["--repeats", "3", *d]),
+            ("storage", storage_stress, [] if args.full else ["--workers", "8", "--trials", "100"]),
+        ]
+        for name, module, module_argv in plan:
+            if name not in only:
+                continue
+            print(f"== {name}: python -m {module.__name__} {' '.join(module_argv)}  (load {loadavg()})", flush=True)
+            t = time.perf_counter()
+            results[name] = module.main(module_argv)
+            durations[name] = time.perf_counter() - t
+            if name == "storage":
+                notes["storage_command"] = "python -m benchmarks.storage_stress " + " ".join(module_argv)
+        if "tuning" in only:
+            left = args.budget_s - (time.perf_counter() - started) - 15.0
+            budget = TUNE_BUDGET_S
+            seeds = 5 if args.full else max(0, min(5, int(left // (budget + TUNE_OVERHEAD_S))))
+            if seeds == 0:
+                seeds, budget = 1, max(60.0, left - TUNE_OVERHEAD_S)
+            marks = ",".join(str(int(m)) for m in (60, 120, 180) if m <= budget) or str(int(budget))
+            if seeds < 5 or budget < TUNE_BUDGET_S:
+                notes["tuning"] = (
+                    f"**Reduced to fit the suite's {args.budget_s / 60:.0f}-minute budget:** {seeds} seed(s) instead "
+                    f"of the 5 aimed for" + (f", and a {budget:.0f} s budget instead of {TUNE_BUDGET_S:.0f} s"
+                                              if budget < TUNE_BUDGET_S else "")
+                    + f" ({left:.0f} s were left when it started). The subset (0.2) and epochs (6) are also smaller "
+                    "than the demo's (0.3, 8); `python -m benchmarks --full` runs 5 seeds.")
+            module_argv = ["--subset", "0.2", "--epochs", "6", "--budget", f"{budget:.0f}", "--marks", marks,
+                           "--seeds", str(seeds), "--target", str(TUNE_TARGET_BLEU), "--html", str(args.html), *d]
+            print(f"== tuning: python -m benchmarks.tuning_efficiency {' '.join(module_argv)}  (load {loadavg()})",
+                  flush=True)
+            t = time.perf_counter()
+            results["tuning"] = tuning_efficiency.main(module_argv)
+            durations["tuning"] = time.perf_counter() - t
+        suite_s = time.perf_counter() - started
+        durations["whole suite"] = suite_s
+        args.out.write_text(render(results, mach, suite_s, data, notes), encoding="utf-8")
+    print(f"wrote {args.out} in {suite_s:.0f} s", flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
