@@ -200,9 +200,12 @@ def profile_call(fn: Callable[[], Any], *, rows: int = 12) -> tuple[Any, str]:
 
 
 def stat_seconds(stats: Any, path_part: str, func: str, *, cumulative: bool = True) -> float:
-    """The largest cumulative (or own) seconds of a profiled function matched by file and name."""
+    """The largest cumulative (or own) seconds of a profiled function matched by file and name.
+
+    ``func`` is matched as a substring: C functions are named like ``<method 'item' of ...>``.
+    """
     best = 0.0
     for (path, _line, name), (_cc, _nc, tt, ct, _callers) in stats.stats.items():
-        if path_part in path and (name == func or name.startswith(func)):
+        if path_part in path and func in name:
             best = max(best, ct if cumulative else tt)
     return best

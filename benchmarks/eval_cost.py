@@ -74,6 +74,8 @@ def share_of_trial(data_root: Path, clips: int, epochs: int, repeats: int, val_c
         f"val {len(data.val)} clips",
         "runs": runs,
         "share": statistics.median(r["share"] for r in runs),
+        "train_clips": len(data.train),
+        "val_clips": len(data.val),
     }
 
 
@@ -114,6 +116,7 @@ def decode_ours_vs_naive(data_root: Path, clips: int, repeats: int, val_clips: i
         "ratio_wall": b.wall / a.wall,
         "ratio_cpu": b.cpu / a.cpu,
         "identical_hypotheses": f"{same}/{len(val)}",
+        "mean_hyp_tokens": sum(len(tok.encode(h)) for h in a.results[-1]["hyps"]) / max(1, len(val)),
         "val_clips": len(val),
         "max_len": cfg.eval.max_len,
     }
