@@ -27,7 +27,7 @@ DEMO_SYNTH = {"seed": 0, "n_train": 3000, "n_val": 300, "n_test": 300, "feature_
 
 
 def demo_data(root: Path | None = None, **sizes: int) -> Path:
-    """The demo's synthetic data in ``root`` (a new temp folder if None); generated if missing.
+    """The demo's synthetic data in ``root`` (a temp folder removed at exit if None); generated if missing.
 
     An existing synthetic dataset in ``root`` is used as it is, whatever its size; ``sizes``
     (``n_train``, ``n_val``, ``n_test``) override the demo's for a new one (the smoke test's).
@@ -38,7 +38,12 @@ def demo_data(root: Path | None = None, **sizes: int) -> Path:
     from signtune.data.synth import generate
 
     if root is None:
-        root = Path(tempfile.mkdtemp(prefix="signtune-bench-")) / "data"
+        import atexit
+        import shutil
+
+        tmp = tempfile.mkdtemp(prefix="signtune-bench-")
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        root = Path(tmp) / "data"
     if not (root / "synth.json").is_file():
         generate(root, **{**DEMO_SYNTH, **sizes})
     return root

@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.profile or not result["met"]:
         prof = profile_steps(root, args.clips, args.batch_size)
         result["profile"], result["profile_parts"] = prof["text"], prof["parts"]
-        result["optimizer_ms_per_step"] = optimizer_probe()
+        result["optimizer_ms_per_step"] = optimizer_probe(repeats=7 if args.repeats >= 3 else 3)
     for row in result["rows"]:
         print(
             f"{row['loop']:12s} {row['ms_per_step']:7.1f} ms/step  {row['samples_per_s']:7.1f} samples/s  "

@@ -215,6 +215,44 @@ def _child(setup: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
 # Summaries
 
 
+def same_proposals(seeds: int, trials: int) -> bool:
+    """Whether the three set-ups' samplers propose the same first ``trials`` configs for every seed.
+
+    Replays the samplers (the demo spec's TPE, plain TPE, random; the spec's enqueued config
+    first) on the demo search space without training anything.
+    """
+    import optuna
+
+    from benchmarks.common import ROOT
+    from signtune.space import parse, suggest
+    from signtune.spec import load_spec
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    demo = load_spec(str(ROOT / "studies" / "demo" / "study.yaml"))
+    space = parse(demo.search_space)
+    for seed in range(seeds):
+        samplers = [
+            optuna.samplers.TPESampler(seed=seed, n_startup_trials=demo.sampler.n_startup_trials),
+            optuna.samplers.TPESampler(seed=seed),
+            optuna.samplers.RandomSampler(seed=seed),
+        ]
+        proposals = []
+        for sampler in samplers:
+            study = optuna.create_study(direction="maximize", sampler=sampler)
+            for params in demo.enqueue:
+                study.enqueue_trial(dict(params))
+            configs = []
+            for i in range(trials):
+                trial = study.ask()
+                configs.append(suggest(trial, space))
+                study.tell(trial, float(i))
+            proposals.append(configs)
+        if not proposals[0] == proposals[1] == proposals[2]:
+            return False
+    return True
+
+
+
 def best_at(events: list[dict[str, Any]], t: float, key: str = "bleu") -> float:
     values = [e[key] for e in events if e["t"] <= t]
     return max(values) if values else 0.0
