@@ -35,18 +35,11 @@ from typing import Any
 
 import numpy as np
 
+from signtune.data.manifest import HOW2SIGN_REALIGNED
 from signtune.errors import DataError, Problem
 
 VERSION = 1
-HEADER = [
-    "VIDEO_ID",
-    "VIDEO_NAME",
-    "SENTENCE_ID",
-    "SENTENCE_NAME",
-    "START_REALIGNED",
-    "END_REALIGNED",
-    "SENTENCE",
-]
+HEADER = HOW2SIGN_REALIGNED  # the generator writes exactly what the manifest reader expects
 FPS = 24.0
 N_SIGNERS = 16
 N_TRAIN_SIGNERS = 14  # signers 14 and 15 appear only in val and test
