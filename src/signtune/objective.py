@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 
-from signtune.errors import SigntuneError, StopTrial
+from signtune.errors import DataError, SigntuneError, StopTrial
 from signtune.faults import from_env, inject
 from signtune.space import SearchSpace, suggest
 from signtune.spec import StudySpec
@@ -135,7 +135,9 @@ class Objective:
             finish("interrupted", "interrupted")
             raise
         except SigntuneError as exc:
-            finish("failed", "error", error=str(exc)[:2000])
+            # A data problem found mid-study (a feature file changed or broke): reason `data`,
+            # the error names the file; the worker goes on with its next trial.
+            finish("failed", "data" if isinstance(exc, DataError) else "error", error=str(exc)[:2000])
             raise
         except Exception as exc:
             reason = _failure_reason(exc)
