@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -85,3 +86,79 @@ def test_missing_plugin_is_a_config_error(fast_project: Path, task: str, fragmen
     res = run("run", "--study", "fast", cwd=fast_project, pythonpath=fast_project)
     assert res.returncode == 2 and fragment in res.stderr and "Traceback" not in res.stderr
     assert not (fast_project / "studies" / "fast" / "study.db").exists()
+
+
+@pytest.fixture(scope="module")
+def digits_tuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits example, tuned once (4 short trials) for the promote-best tests."""
+    pytest.importorskip("sklearn", reason="the digits example needs scikit-learn (pip install -e .[dev])")
+    ex = tmp_path_factory.mktemp("digits") / "digits"
+    shutil.copytree(ROOT / "examples" / "digits", ex)
+    spec = ex / "study.yaml"
+    spec.write_text(spec.read_text().replace("run.epochs: 8", "run.epochs: 3").replace("trials: 12", "trials: 4"))
+    res = run("run", "--study", str(spec), cwd=ex.parent, pythonpath=ex)
+    assert res.returncode == 0, res.stderr
+    return ex
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_digits_promote_best_through_the_checkpoint_hook(digits_tuned: Path, tmp_path: Path) -> None:
+    ex = tmp_path / "digits"
+    shutil.copytree(digits_tuned, ex)
+    res = run(
+        "promote-best", "--study", str(ex / "study.yaml"), "--top-k", "2", "--epochs", "4", cwd=tmp_path, pythonpath=ex
+    )
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    out = ex / "promoted"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["metric"] == "val_acc" and len(metrics["candidates"]) == 2
+    winner = metrics["winner"]
+    assert winner["val_acc"] == max(c["val_acc"] for c in metrics["candidates"])
+    assert winner["epochs"] == 4
+    assert metrics["test"]["test_acc"] > 50.0  # the test hook scored the best checkpoint (chance: 10%)
+    assert f"test: test_acc {metrics['test']['test_acc']:.4g}" in res.stdout
+    # The shipped weights are the winner's best checkpoint, loadable without unpickling.
+    from safetensors.torch import load_file
+
+    weights = load_file(str(out / "model.safetensors"))
+    assert "head.weight" in weights and weights["head.weight"].shape[0] == 10
+    config = json.loads((out / "config.json").read_text())
+    assert config["task"] == "digits_task:objective" and config["config"]["data.subset"] == 1.0
+    assert json.loads((out / "provenance.json").read_text())["hashes"]["digits_task.py"]
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{ex / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    (promo,) = [r for r in runs if r.data.tags.get("signtune.role") == "promote"]
+    assert promo.data.metrics["test_acc"] == pytest.approx(metrics["test"]["test_acc"])
+    assert promo.data.tags["signtune.winner_trial"] == str(winner["trial"])
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_digits_promote_resumes_after_a_kill(digits_tuned: Path, tmp_path: Path) -> None:
+    ex = tmp_path / "digits"
+    shutil.copytree(digits_tuned, ex)
+    args = ("promote-best", "--study", str(ex / "study.yaml"), "--epochs", "4")
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(ex), "SIGNTUNE_FAULTS": "promote_kill@2"}
+    killed = subprocess.run([*STUDY, *args], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert killed.returncode == -9, killed.stderr
+    assert not (ex / "promoted" / "metrics.json").exists()
+    res = run(*args, "--resume", cwd=tmp_path, pythonpath=ex)
+    assert res.returncode == 0, res.stderr
+    # The plug-in continued from its epoch-2 checkpoint: only epochs 3 and 4 ran again.
+    assert "epoch 3:" in res.stderr and "epoch 4:" in res.stderr and "epoch 1:" not in res.stderr
+    assert json.loads((ex / "promoted" / "metrics.json").read_text())["winner"]["epochs"] == 4
+
+
+def test_plugin_without_checkpoints_gets_a_clear_promote_error(fast_project: Path) -> None:
+    from tests.runner.conftest import fast_spec
+
+    (fast_project / "studies" / "fast" / "study.yaml").write_text(fast_spec(trials=2, delay=0.0))
+    assert run("run", "--study", "fast", cwd=fast_project, pythonpath=fast_project).returncode == 0
+    res = run("promote-best", "--study", "fast", cwd=fast_project, pythonpath=fast_project)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert "saved no checkpoint" in res.stderr and "ctx.checkpoint(epoch" in res.stderr

@@ -10,6 +10,9 @@ ideas the sign-language trainer uses: a discriminative learning rate (backbone a
 ``optim.backbone_lr_ratio`` x the head's), the first ``model.freeze_first_n`` blocks frozen
 until ``model.unfreeze_at_epoch``, gradient accumulation, and warmup + cosine decay. All of
 those helpers come from ``signtune.train``.
+
+``study promote-best`` retrains the best configs through the same function: it sets
+``ctx.checkpoint`` (and ``ctx.resume`` on ``--resume``), and scores the winner with ``test``.
 """
 
 from __future__ import annotations
@@ -28,16 +31,19 @@ from signtune.train.schedule import build_scheduler
 _BACKBONES: dict[int, dict[str, torch.Tensor]] = {}
 
 
-def _data(seed: int) -> tuple[torch.Tensor, ...]:
+def _data(seed: int, *, test: bool = False) -> tuple[torch.Tensor, ...]:
+    """(train x, train y, val x, val y), or (test x, test y); a fixed split of 1,797 images."""
     from sklearn.datasets import load_digits  # ships its data inside the package
 
     x, y = load_digits(return_X_y=True)
     x = torch.tensor(x / 16.0, dtype=torch.float32)
     y = torch.tensor(y, dtype=torch.long)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))  # the split never moves
     x, y = x[order], y[order]
-    n_val = 360
-    return x[n_val:], y[n_val:], x[:n_val], y[:n_val]
+    n_test, n_val = 300, 300
+    if test:
+        return x[:n_test], y[:n_test]
+    return x[n_test + n_val :], y[n_test + n_val :], x[n_test : n_test + n_val], y[n_test : n_test + n_val]
 
 
 class Net(nn.Module):
@@ -108,8 +114,13 @@ def objective(config: dict[str, Any], report: Any, ctx: Any) -> dict[str, float]
         name="cosine",
         min_lr_ratio=0.0,
     )
-    best = 0.0
-    for epoch in range(1, epochs + 1):
+    best, start = 0.0, 1
+    if ctx.resume is not None:  # promote-best --resume: continue after the last checkpoint
+        net.load_state_dict(ctx.resume.tensors)
+        best, start = ctx.resume.metrics.get("val_acc", 0.0), ctx.resume.epoch + 1
+        for _ in range((start - 1) * steps_per_epoch):
+            scheduler.step()
+    for epoch in range(start, epochs + 1):
         unfreeze.step(epoch)
         net.train()
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + epoch))
@@ -125,12 +136,28 @@ def objective(config: dict[str, Any], report: Any, ctx: Any) -> dict[str, float]
         with torch.inference_mode():
             acc = float((net(xv).argmax(-1) == yv).float().mean()) * 100
         best = max(best, acc)
-        report(epoch, {"val_acc": acc, "train_loss": float(loss.detach()) * accum})  # may prune the trial
+        metrics = {"val_acc": acc, "train_loss": float(loss.detach()) * accum}
+        if ctx.checkpoint is not None:  # set by promote-best only: trials train without checkpoints
+            ctx.checkpoint(epoch, net.state_dict(), metrics)
+        report(epoch, metrics)  # may prune the trial
     return {"val_acc": best}
 
 
+def test(config: dict[str, Any], tensors: dict[str, torch.Tensor], ctx: Any) -> dict[str, float]:
+    """promote-best's test hook: the winner's best checkpoint on the held-out test images."""
+    net = Net(int(config.get("model.width", 64)), 10, 0.0)
+    net.load_state_dict(tensors)
+    x, y = _data(int(ctx.seed), test=True)
+    with torch.inference_mode():
+        return {"test_acc": float((net(x).argmax(-1) == y).float().mean()) * 100}
+
+
+objective.test = test  # type: ignore[attr-defined]
+
+
 def _check() -> None:  # pragma: no cover - a manual smoke run
-    print(objective({"optim.lr": 3e-3, "run.epochs": 3}, lambda e, m: print(e, m), type("C", (), {"seed": 0})()))
+    ctx = type("C", (), {"seed": 0, "checkpoint": None, "resume": None})()
+    print(objective({"optim.lr": 3e-3, "run.epochs": 3}, lambda e, m: print(e, m), ctx))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -604,15 +604,22 @@ def promote_best_cmd(
     task.prepare(spec)
 
     def on_epoch(name: str, epoch: int, metrics: dict[str, float]) -> None:
-        err.print(
-            f"{name} epoch {epoch}: val_bleu {metrics['val_bleu']:.2f} train_loss {metrics['train_loss']:.3f}",
-            highlight=False,
-        )
+        shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, int | float))
+        err.print(f"{name} epoch {epoch}: {shown}", highlight=False)
 
     result = promote_best(spec, top_k=top_k, epochs=epochs, seeds=seeds, resume=resume, on_epoch=on_epoch)
     t = result.test
+    if spec.task != "sign2text":  # a plug-in: its own metrics, its optional test hook
+        tested = ", ".join(f"{k} {v:.4g}" for k, v in t.items()) or "no test hook (define objective.test)"
+        out.print(
+            f"winner: trial {result.winner.trial} seed {result.winner.seed}, "
+            f"{result.metric} {result.winner.value:.4g}\ntest: {tested}\n"
+            f"{result.fidelity_note}\nmodel: {result.out_dir}",
+            highlight=False,
+        )
+        return
     out.print(
-        f"winner: trial {result.winner.trial} seed {result.winner.seed}, val BLEU {result.winner.val_bleu:.2f}\n"
+        f"winner: trial {result.winner.trial} seed {result.winner.seed}, val BLEU {result.winner.value:.2f}\n"
         f"test (beam {t['beam_size']}): BLEU {t['bleu']:.2f} (1-4: {t['bleu1']:.1f}/{t['bleu2']:.1f}/"
         f"{t['bleu3']:.1f}/{t['bleu4']:.1f}), chrF {t['chrf']:.2f}\n{t['bleu_signature']}\n{result.fidelity_note}\n"
         f"model: {result.out_dir}",

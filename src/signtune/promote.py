@@ -13,22 +13,24 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from signtune.config import TrainConfig, apply_overrides, flatten
-from signtune.errors import ConfigError, Problem, StudyError
+from signtune.errors import Problem, StudyError
 from signtune.faults import kill_after_epoch
 from signtune.spec import StudySpec
 from signtune.storage import mask_url
+from signtune.tasks import Resume
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
@@ -39,7 +41,7 @@ class Candidate:
     trial: int
     seed: int
     subset_value: float
-    val_bleu: float = float("nan")
+    value: float = float("nan")  # the promotion metric (val BLEU for sign2text) on full data
     epochs_run: int = 0
     dir: Path = Path()
 
@@ -52,6 +54,7 @@ class PromoteResult:
     test: dict[str, Any]
     fidelity: float | None
     fidelity_note: str
+    metric: str = "val_bleu"  # what picked the winner
 
 
 def candidate_config(spec: StudySpec, params: dict[str, Any], *, epochs: int | None, seed: int) -> TrainConfig:
@@ -133,14 +136,6 @@ def promote_best(
     from signtune.runner import open_study
     from signtune.train.loop import evaluate, fit
 
-    if spec.task != "sign2text":
-        raise ConfigError(
-            Problem(
-                f"{spec.path}: task",
-                f"promote-best trains the built-in sign2text task, not {spec.task!r}",
-                "train a plug-in's best params with its own code (export/best_params.json)",
-            )
-        )
     study = open_study(spec, create=False, heartbeat=False)
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
     if not done:
@@ -152,6 +147,18 @@ def promote_best(
     promote_epochs = epochs if epochs is not None else spec.promote.get("epochs")
     patience = int(spec.promote.get("patience", 0) or 0)
     base_seed = spec.seed
+    if spec.task != "sign2text":
+        return _promote_plugin(
+            spec,
+            study,
+            top,
+            out,
+            epochs=promote_epochs,
+            seeds=seeds,
+            resume=resume,
+            patience=patience,
+            on_epoch=on_epoch,
+        )
 
     candidates: list[Candidate] = []
     for trial in top:
@@ -170,11 +177,11 @@ def promote_best(
                 history, best = state.history, state.best
             else:
                 history, best = _train_candidate(cand, cfg, data, state, patience, fit, on_epoch)
-            cand.val_bleu = float(best.get("val_bleu", float("nan")))
+            cand.value = float(best.get("val_bleu", float("nan")))
             cand.epochs_run = len(history)
             candidates.append(cand)
 
-    winner = max(candidates, key=lambda c: c.val_bleu)
+    winner = max(candidates, key=lambda c: c.value)
     cfg = candidate_config(spec, study.trials[winner.trial].params, epochs=promote_epochs, seed=winner.seed)
     data = load_task_data(cfg.data, spec.dir, cache_dir=spec.dir / ".cache")
     if data.test is None:
@@ -221,12 +228,13 @@ def log_promotion(spec: StudySpec, result: PromoteResult) -> str:
         },
     )
     run_id = run.info.run_id
-    for key in ("bleu", "bleu1", "bleu2", "bleu3", "bleu4", "chrf"):
-        if isinstance(result.test.get(key), int | float):
-            client.log_metric(run_id, f"test_{key}", float(result.test[key]))
-    client.log_metric(run_id, "val_bleu", result.winner.val_bleu)
+    for key, value in result.test.items():
+        if isinstance(value, int | float) and not isinstance(value, bool) and key != "beam_size":
+            client.log_metric(run_id, key if key.startswith("test_") else f"test_{key}", float(value))
+    client.log_metric(run_id, result.metric, result.winner.value)
     for name in (WEIGHTS, "config.json", "tokenizer.json", "metrics.json", "predictions.tsv", "provenance.json"):
-        client.log_artifact(run_id, str(result.out_dir / name), artifact_path="model")
+        if (result.out_dir / name).is_file():  # a plug-in's promotion has no tokenizer or predictions
+            client.log_artifact(run_id, str(result.out_dir / name), artifact_path="model")
     client.set_terminated(run_id, status="FINISHED")
     name = f"signtune-{spec.name}"
     with contextlib.suppress(Exception):  # already registered
@@ -287,7 +295,7 @@ def _fidelity(candidates: list[Candidate], seeds: int) -> tuple[float | None, st
         return None, "one config promoted: no ranking to compare (use --top-k 3 or more)"
     trials = list(by_trial)
     sub = [by_trial[t][0].subset_value for t in trials]
-    full = [sum(c.val_bleu for c in by_trial[t]) / len(by_trial[t]) for t in trials]
+    full = [sum(c.value for c in by_trial[t]) / len(by_trial[t]) for t in trials]
     rho = _spearman(sub, full)
     if rho < 0.5:
         note = (
@@ -346,7 +354,6 @@ def _write_outputs(
     fidelity: float | None,
     note: str,
 ) -> None:
-    import importlib.metadata as md
 
     shutil.copyfile(winner.dir / "best" / WEIGHTS, out / WEIGHTS)
     model_cfg = {
@@ -364,7 +371,7 @@ def _write_outputs(
         "winner": {
             "trial": winner.trial,
             "seed": winner.seed,
-            "val_bleu": winner.val_bleu,
+            "val_bleu": winner.value,
             "epochs": winner.epochs_run,
         },
         "test": test,
@@ -373,7 +380,7 @@ def _write_outputs(
                 "trial": c.trial,
                 "seed": c.seed,
                 "subset_value": c.subset_value,
-                "val_bleu": c.val_bleu,
+                "val_bleu": c.value,
                 "epochs": c.epochs_run,
             }
             for c in candidates
@@ -395,14 +402,25 @@ def _write_outputs(
     feats = root / cfg.data.features_dir
     listing = sorted(p.name for p in feats.iterdir()) if feats.is_dir() else []
     hashes["features_index"] = hashlib.sha256("\n".join(listing).encode()).hexdigest()
+    provenance = _provenance(spec, winner, candidates, hashes)
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+
+
+def _provenance(
+    spec: StudySpec, winner: Candidate, candidates: list[Candidate], hashes: dict[str, str]
+) -> dict[str, Any]:
+    """Where a promoted model came from: study, trials, seeds, code and package versions, inputs."""
+    import importlib.metadata as md
+
     versions = {}
     for pkg in ("signtune", "torch", "optuna", "mlflow", "sacrebleu", "tokenizers", "numpy"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             continue
-    provenance = {
+    return {
         "study": spec.name,
+        "task": spec.task,
         "storage": mask_url(spec.storage),
         "trials": sorted({c.trial for c in candidates}),
         "winner_trial": winner.trial,
@@ -416,7 +434,234 @@ def _write_outputs(
         "host": platform.node(),
         "pid": os.getpid(),
     }
-    (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+
+
+# --- plug-in tasks: promotion through the ``ctx.checkpoint`` hook ---------------------------
+
+
+def save_tensors(path: Path, tensors: Mapping[str, Any], *, epoch: int, metrics: Mapping[str, float]) -> None:
+    """A plug-in checkpoint: ``model.safetensors`` with the epoch and metrics as metadata; atomic."""
+    import torch
+    from safetensors.torch import save_file
+
+    bad = sorted(k for k, v in tensors.items() if not isinstance(v, torch.Tensor))
+    if bad:
+        raise TypeError(f"ctx.checkpoint got non-tensor values for {bad[:5]}; pass a flat {{name: tensor}} mapping")
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    meta = {"epoch": str(int(epoch)), "metrics": json.dumps({k: float(v) for k, v in metrics.items()})}
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS), meta)
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def load_tensors(path: Path) -> Resume:
+    """Read a plug-in checkpoint back (safetensors only: nothing is unpickled)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path / WEIGHTS), framework="pt") as f:
+            meta = f.metadata() or {}
+        return Resume(
+            epoch=int(meta.get("epoch", 0)),
+            tensors=dict(load_file(str(path / WEIGHTS))),
+            metrics={k: float(v) for k, v in json.loads(meta.get("metrics", "{}")).items()},
+        )
+    except Exception as exc:
+        raise StudyError(
+            f"{path / WEIGHTS}: cannot be read ({type(exc).__name__}: {exc}); delete the candidate folder to start over"
+        ) from None
+
+
+class _Checkpointer:
+    """``ctx.checkpoint`` during promote-best: ``last/`` every call, ``best/`` on improvement."""
+
+    def __init__(self, cand_dir: Path, metric: str, maximize: bool, best: float | None) -> None:
+        self.dir, self.metric, self.maximize = cand_dir, metric, maximize
+        self.best = best
+        self.calls = 0
+        self.crash_after = kill_after_epoch()
+
+    def better(self, value: float) -> bool:
+        return self.best is None or (value > self.best if self.maximize else value < self.best)
+
+    def __call__(self, epoch: int, tensors: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        if self.metric not in metrics:
+            raise ValueError(
+                f"ctx.checkpoint({epoch}, ...) got metrics {sorted(metrics)} but the objective is {self.metric!r}"
+            )
+        save_tensors(self.dir / "last", tensors, epoch=epoch, metrics=metrics)
+        self.calls += 1
+        if self.crash_after == epoch:  # test-only: a crash right after a checkpoint
+            os.kill(os.getpid(), 9)
+        value = float(metrics[self.metric])
+        if math.isfinite(value) and self.better(value):
+            self.best = value
+            save_tensors(self.dir / "best", tensors, epoch=epoch, metrics=metrics)
+
+
+def plugin_config(spec: StudySpec, params: dict[str, Any], *, epochs: int | None, seed: int) -> dict[str, Any]:
+    """A plug-in's promotion config: fixed + best params + full data + ``promote.overrides``."""
+    overrides = dict(spec.promote.get("overrides", {}) or {})
+    config = {**spec.fixed, **params, "data.subset": 1.0, **overrides, "run.seed": seed}
+    if epochs is not None:
+        config["run.epochs"] = epochs
+    return config
+
+
+def _promote_plugin(
+    spec: StudySpec,
+    study: Any,
+    top: list[Any],
+    out: Path,
+    *,
+    epochs: int | None,
+    seeds: int,
+    resume: bool,
+    patience: int,
+    on_epoch: Callable[[str, int, dict[str, float]], None] | None,
+) -> PromoteResult:
+    """Retrain a plug-in's top configs on full data, keeping the checkpoints it hands over.
+
+    The plug-in is called exactly as in a trial, with ``ctx.checkpoint`` (and ``ctx.resume`` on
+    ``--resume``) set. Its optional ``test(config, tensors, ctx) -> metrics`` attribute scores
+    the winner's best checkpoint on held-out data.
+    """
+    from signtune.objective import resolve_device
+    from signtune.tasks import PluginTask, TrialContext, get_task
+
+    task = get_task(spec.task, where=f"{spec.path}: task")
+    assert isinstance(task, PluginTask)
+    metric, maximize = spec.objective.metric, spec.objective.direction == "maximize"
+    device = resolve_device(spec.device)
+    candidates: list[Candidate] = []
+    configs: dict[str, dict[str, Any]] = {}
+    for trial in top:
+        for s in range(seeds):
+            seed = spec.seed + s
+            cand = Candidate(trial.number, seed, float(trial.value or 0.0))
+            cand.dir = out / "candidates" / f"trial-{trial.number}-seed-{seed}"
+            config = plugin_config(spec, dict(trial.params), epochs=epochs, seed=seed)
+            configs[cand.dir.name] = config
+            state = load_tensors(cand.dir / "last") if resume and (cand.dir / "last" / WEIGHTS).is_file() else None
+            if state is None and cand.dir.exists():
+                shutil.rmtree(cand.dir)
+            best = load_tensors(cand.dir / "best").metrics.get(metric) if state is not None else None
+            hook = _Checkpointer(cand.dir, metric, maximize, best)
+            ctx = TrialContext(
+                device=device,
+                seed=seed,
+                subset=1.0,
+                trial_number=trial.number,
+                scratch_dir=cand.dir / "scratch",
+                study_dir=spec.dir,
+                checkpoint=hook,
+                resume=state,
+            )
+            _run_plugin(spec, task, cand, config, ctx, hook, patience, on_epoch)
+            if not (cand.dir / "best" / WEIGHTS).is_file():
+                raise StudyError(
+                    f"task {spec.task} saved no checkpoint while promoting trial {trial.number}: call "
+                    "ctx.checkpoint(epoch, model.state_dict(), metrics) after each epoch when ctx.checkpoint is "
+                    "set (README: Plug-in trainers)"
+                )
+            best_ckpt = load_tensors(cand.dir / "best")
+            cand.value = float(best_ckpt.metrics[metric])
+            cand.epochs_run = load_tensors(cand.dir / "last").epoch
+            candidates.append(cand)
+
+    winner = (max if maximize else min)(candidates, key=lambda c: c.value)
+    config = configs[winner.dir.name]
+    test = _plugin_test(spec, task, config, winner, device)
+    fidelity, note = _fidelity(candidates, seeds) if maximize else (None, "fidelity is computed for maximised metrics")
+    shutil.copyfile(winner.dir / "best" / WEIGHTS, out / WEIGHTS)
+    best_epoch = load_tensors(winner.dir / "best").epoch
+    (out / "config.json").write_text(
+        json.dumps({"task": spec.task, "metric": metric, "best_epoch": best_epoch, "config": config}, indent=2) + "\n"
+    )
+    metrics = {
+        "metric": metric,
+        "winner": {"trial": winner.trial, "seed": winner.seed, metric: winner.value, "epochs": winner.epochs_run},
+        "test": test,
+        "candidates": [
+            {"trial": c.trial, "seed": c.seed, "subset_value": c.subset_value, metric: c.value, "epochs": c.epochs_run}
+            for c in candidates
+        ],
+        "fidelity_spearman": fidelity,
+        "fidelity_note": note,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    module = sys.modules.get(task.fn.__module__)
+    source = Path(getattr(module, "__file__", "") or "")
+    hashes = {source.name: _sha256(source)} if source.is_file() else {}
+    (out / "provenance.json").write_text(json.dumps(_provenance(spec, winner, candidates, hashes), indent=2) + "\n")
+    result = PromoteResult(out, winner, candidates, test, fidelity, note, metric=metric)
+    if spec.tracking.enabled:
+        log_promotion(spec, result)
+    return result
+
+
+def _run_plugin(
+    spec: StudySpec,
+    task: Any,
+    cand: Candidate,
+    config: dict[str, Any],
+    ctx: Any,
+    hook: _Checkpointer,
+    patience: int,
+    on_epoch: Callable[[str, int, dict[str, float]], None] | None,
+) -> None:
+    """One candidate's training; ``report`` stops it after ``patience`` epochs without improvement."""
+    from signtune.errors import SigntuneError, StopTrial
+
+    metric, maximize = spec.objective.metric, spec.objective.direction == "maximize"
+    best: list[float | None] = [hook.best]
+    stale = [0]
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        if on_epoch is not None:
+            on_epoch(cand.dir.name, epoch, metrics)
+        value = float(metrics.get(metric, float("nan")))
+        if math.isfinite(value) and (best[0] is None or (value > best[0] if maximize else value < best[0])):
+            best[0], stale[0] = value, 0
+        else:
+            stale[0] += 1
+        if patience > 0 and stale[0] >= patience:
+            raise StopTrial("early_stop", f"no better {metric} for {patience} epochs")
+
+    try:
+        task.fit(config, report, ctx)
+    except StopTrial:
+        return  # early stopping: the best checkpoint stands
+    except SigntuneError:
+        raise
+    except Exception as exc:
+        raise StudyError(
+            f"task {spec.task} raised {type(exc).__name__}: {exc} while promoting trial {cand.trial} "
+            f"(seed {cand.seed}); fix the plug-in, then run `study promote-best --resume`"
+        ) from None
+
+
+def _plugin_test(spec: StudySpec, task: Any, config: dict[str, Any], winner: Candidate, device: str) -> dict[str, Any]:
+    """The plug-in's ``test`` hook on the winner's best checkpoint, or ``{}`` when it has none."""
+    from signtune.tasks import TrialContext
+
+    test_fn = getattr(task.fn, "test", None)
+    if not callable(test_fn):
+        return {}
+    ctx = TrialContext(device, winner.seed, 1.0, winner.trial, winner.dir / "scratch", spec.dir)
+    try:
+        out = test_fn(dict(config), load_tensors(winner.dir / "best").tensors, ctx)
+    except Exception as exc:
+        raise StudyError(f"the test hook of task {spec.task} raised {type(exc).__name__}: {exc}; fix it") from None
+    if not isinstance(out, dict) or any(isinstance(v, bool) or not isinstance(v, int | float) for v in out.values()):
+        raise StudyError(
+            f"the test hook of task {spec.task} returned {out!r}; return a dict of metric names to numbers"
+        )
+    return {k: float(v) for k, v in out.items()}
 
 
 def load_promoted(model_dir: Path) -> tuple[Any, Any, dict[str, Any]]:

@@ -7,7 +7,7 @@ MLflow: ``report(epoch, metrics)`` is its only channel out, and it may raise ``S
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,8 +19,26 @@ ReportFn = Callable[[int, dict[str, float]], None]
 
 
 @dataclass(frozen=True)
+class Resume:
+    """Where ``promote-best --resume`` picks a plug-in up: its last checkpoint."""
+
+    epoch: int
+    tensors: dict[str, Any]  # name -> torch.Tensor, as handed to ``checkpoint``
+    metrics: dict[str, float]
+
+
+CheckpointFn = Callable[[int, Mapping[str, Any], Mapping[str, float]], None]
+
+
+@dataclass(frozen=True)
 class TrialContext:
-    """What a task may know about the trial it runs in."""
+    """What a task may know about the trial it runs in.
+
+    ``checkpoint`` and ``resume`` are set by ``study promote-best`` only (tuning trials train
+    without checkpoints): a plug-in calls ``ctx.checkpoint(epoch, tensors, metrics)`` after each
+    epoch with a flat ``{name: tensor}`` mapping (e.g. ``model.state_dict()``), and, when
+    ``ctx.resume`` is set, continues from ``ctx.resume.epoch + 1`` with ``ctx.resume.tensors``.
+    """
 
     device: str
     seed: int
@@ -28,6 +46,8 @@ class TrialContext:
     trial_number: int
     scratch_dir: Path
     study_dir: Path
+    checkpoint: CheckpointFn | None = None
+    resume: Resume | None = None
 
 
 @dataclass
