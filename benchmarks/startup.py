@@ -20,8 +20,10 @@ first step is timed in a fresh process, in the order ``study run`` runs them:
    the enqueued one, on the demo spec's whole train split, 3000 clips). A second step is timed
    for scale.
 
-Each child process runs 2-6 once; ``--repeats`` children, medians per phase. Time to first
-step = 1 + 2 + 3 (cold) + 4 + 5 + 6 (the second step excluded). For reference, the whole ``study run --trials 1
+Each child process runs 2-6 once; ``--repeats`` children, medians per phase. The headline
+figure is measured, not summed: the real ``study run --trials 1`` is launched ``--repeats``
+times and stopped at its first ``optimizer.step()`` by a global torch.optim hook (median of the
+runs). MLflow's runs are created after the first epoch, so phase 5 is off that path. For reference, the whole ``study run --trials 1
 --epochs 1 --subset 0.1`` (first step, one epoch, validation, export) is timed end to end.
 """
 
@@ -152,6 +154,38 @@ def _child(study_yaml: Path) -> dict[str, float]:
     return t
 
 
+# Runs the real `study run` in this process and stops it at its first optimizer step: a global
+# torch.optim post-step hook prints the seconds since the parent launched the process, then
+# exits at once (the temporary project is thrown away). torch is imported up front to install
+# the hook; `study run` imports it before its first step anyway, so the sum is the same.
+FIRST_STEP_CODE = """
+import os, sys, time
+t0 = float(os.environ["SIGNTUNE_BENCH_T0"])
+import torch.optim.optimizer as _opt
+
+def _first_step(optimizer, args, kwargs):
+    print(f"FIRST_STEP {time.time() - t0:.4f}", file=sys.stderr, flush=True)
+    os._exit(0)
+
+_opt.register_optimizer_step_post_hook(_first_step)
+from signtune.cli import app
+sys.argv = ["study", "run", "--study", sys.argv[1], "--trials", "1"]
+app()
+"""
+
+
+def first_step_e2e(study_yaml: Path) -> float:
+    """Seconds from launching the real ``study run`` to its first ``optimizer.step()``."""
+    _fresh(study_yaml)
+    env = {**_env(), "SIGNTUNE_BENCH_T0": repr(time.time())}
+    proc = subprocess.run([sys.executable, "-c", FIRST_STEP_CODE, str(study_yaml)], capture_output=True, text=True,
+                          env=env, cwd=study_yaml.parent.parent.parent, check=False)
+    found = re.search(r"FIRST_STEP ([0-9.]+)", proc.stderr)
+    if found is None:
+        raise RuntimeError(f"`study run` never reached a first step (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return float(found[1])
+
+
 def make_project(data_root: Path, where: Path) -> Path:
     """A temp project: studies/demo/study.yaml, search_spaces/sign2text.yaml, data linked in.
 
@@ -237,7 +271,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     children: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="signtune-startup-") as tmp:
         study_yaml = make_project(data_root, Path(tmp))
-        for _ in range(args.repeats):  # interleaved: import, child, import, child...
+        measured: list[float] = []
+        for _ in range(args.repeats):  # interleaved: real run, import, child, real run, import, child...
+            measured.append(first_step_e2e(study_yaml))
             w = time.perf_counter()
             subprocess.run([sys.executable, "-c", "import signtune.cli"], check=True, env=_env())
             imports.append(time.perf_counter() - w)
@@ -266,7 +302,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["second_step_s"] = statistics.median(c["second step"] for c in children)
     result["runs"] = {"import": [round(x, 2) for x in imports],
                       **{n: [round(c[n], 2) for c in children] for n in PHASES}}
-    result["total_s"] = sum(phases.values())
+    # MLflow's runs are created after the first epoch (the tracker defers them), so its phases
+    # are shown for scale but are not on the way to the first step.
+    result["phases_sum_s"] = sum(v for k, v in phases.items() if not k.startswith("mlflow"))
+    result["measured_runs"] = [round(x, 2) for x in measured]
+    result["total_s"] = statistics.median(measured)
     result["load_after"] = loadavg()
     result["target"] = f"time to first step <= {TARGET_S:g} s"
     result["met"] = result["total_s"] <= TARGET_S
@@ -274,7 +314,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{name:40s} {s:6.2f} s   runs {result['runs'].get(name, result['runs']['import'])}")
     print(f"{'data (warm, later trials)':40s} {result['data_warm_s']:6.2f} s")
     print(f"{'second step (for scale)':40s} {result['second_step_s']:6.2f} s")
-    print(f"{'time to first step (sum)':40s} {result['total_s']:6.2f} s   target <= {TARGET_S:g} s")
+    print(f"{'phases on the path (sum, no MLflow)':40s} {result['phases_sum_s']:6.2f} s")
+    print(f"{'time to first step (real study run)':40s} {result['total_s']:6.2f} s   runs {result['measured_runs']}"
+          f"   target <= {TARGET_S:g} s")
     if "e2e" in result:
         print(f"end to end: {result['e2e']['command']}: {result['e2e']['wall_s']:.1f} s (exit {result['e2e']['exit']})")
     if args.profile or (not result["met"] and not args.no_profile):

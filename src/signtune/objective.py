@@ -78,10 +78,20 @@ class Objective:
             attrs["oom_retry_config"] = _batch_settings(cfg)
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        run_id = self.tracker.start_trial(trial.number, params=values, tags={k: str(v) for k, v in attrs.items()})
-        if run_id:
-            trial.set_user_attr("mlflow_run_id", run_id)
-            _save_note(trial, f"MLflow run [`{run_id}`]({self.tracker.run_url(run_id)}) (open with `study mlflow-ui`)")
+        run_id: str | None = None  # the trial's MLflow run, created when it first has something to log
+
+        def ensure_run() -> str:
+            nonlocal run_id
+            if run_id is None:
+                run_id = self.tracker.start_trial(
+                    trial.number, params=values, tags={k: str(v) for k, v in attrs.items()}
+                )
+                if run_id:
+                    trial.set_user_attr("mlflow_run_id", run_id)
+                    url = self.tracker.run_url(run_id)
+                    _save_note(trial, f"MLflow run [`{run_id}`]({url}) (open with `study mlflow-ui`)")
+            return run_id
+
         fault = self.faults.for_trial(trial.number, retry="retry_of" in trial.user_attrs) if self.faults else None
         if fault:
             trial.set_user_attr("injected_fault", fault)
@@ -98,7 +108,7 @@ class Objective:
                 raise ValueError(f"report({epoch}, ...) got metrics {sorted(metrics)} but the objective is {metric!r}")
             value = float(metrics[metric])
             trial.report(value, epoch)
-            self.tracker.log_epoch(run_id, metrics, epoch)
+            self.tracker.log_epoch(ensure_run(), metrics, epoch)
             if self.on_epoch is not None:
                 self.on_epoch(trial.number, epoch, metrics)
             if not math.isfinite(value):
@@ -123,7 +133,7 @@ class Objective:
                 trial.set_user_attr("reason", reason)
             for key, value in extra.items():
                 trial.set_user_attr(key, value)
-            self.tracker.end_trial(run_id, state=state, reason=reason, wall_time_s=wall)
+            self.tracker.end_trial(ensure_run(), state=state, reason=reason, wall_time_s=wall)
 
         try:
             with watchdog:
@@ -162,7 +172,7 @@ class Objective:
             best_epoch=int(result.metrics.get("epoch", result.epochs_run)),
             **extra,
         )
-        self.tracker.log_summary(run_id, result.metrics)
+        self.tracker.log_summary(ensure_run(), result.metrics)
         return float(value)
 
 

@@ -285,10 +285,14 @@ def _worker_main(
     seed_offset: int,
     claimed: Any,
     deadline: float | None,
-    parent_run_id: str | None,
+    parent_box: Any,
     env: dict[str, str],
 ) -> None:
-    """Entry point of a local worker process (spawned)."""
+    """Entry point of a local worker process (spawned).
+
+    ``parent_box`` is a shared char array the supervisor fills with the study's MLflow run id
+    once its workers are started; a worker reads it when it creates its first trial run.
+    """
     os.environ.update(env)  # CUDA_VISIBLE_DEVICES / thread counts, before torch is imported
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends like Ctrl-C
     import warnings
@@ -306,7 +310,9 @@ def _worker_main(
 
         torch.set_num_threads(threads)
     study = open_study(spec, create=False, seed_offset=seed_offset)
-    tracker = make_tracker(spec, parent_run_id)
+    tracker = make_tracker(spec)
+    if isinstance(tracker, Tracker):
+        tracker.parent_from(lambda: _wait_for_parent(parent_box))
     objective = Objective(spec, space, task, tracker, worker_id=worker_id)
     try:
         stats = worker_loop(study, objective, SharedBudget(spec.budget.trials, claimed), deadline=deadline)
@@ -315,6 +321,17 @@ def _worker_main(
     except StudyError:
         raise SystemExit(WORKER_GAVE_UP) from None
     raise SystemExit(0 if stats.stopped_by != "failures" else WORKER_GAVE_UP)
+
+
+def _wait_for_parent(box: Any, timeout_s: float = 120.0) -> str | None:
+    """The parent run id the supervisor writes into ``box``; None if it never comes."""
+    end = time.time() + timeout_s
+    while time.time() < end:
+        value = box.value.decode()
+        if value:
+            return value if value != "-" else None
+        time.sleep(0.05)
+    return None
 
 
 def make_tracker(spec: StudySpec, parent_run_id: str | None = None) -> Tracker | NullTracker:
@@ -415,13 +432,14 @@ def run_study(
     enqueue_defaults(study, spec, space)
 
     tracker = make_tracker(spec)
-    if isinstance(tracker, Tracker):
-        tracker.start_study(
-            study_name=spec.name,
-            storage=spec.storage,
-            params={**task.fixed_config(spec), "budget.trials": total},
-            tags={"signtune.spec_hash": spec.hash()},
-        )
+    # The parent run is created when first needed: after the first epoch in-process, or by the
+    # supervisor once its workers are training; MLflow's start-up cost stays off the first step.
+    tracker.defer_study(
+        study_name=spec.name,
+        storage=spec.storage,
+        params={**task.fixed_config(spec), "budget.trials": total},
+        tags={"signtune.spec_hash": spec.hash()},
+    )
     deadline = time.time() + spec.budget.timeout if spec.budget.timeout else None
     plan = plan_workers(workers, gpus, workers_per_gpu)
     summary.workers = len(plan)
@@ -488,7 +506,7 @@ def _supervise(
 ) -> None:
     ctx = mp.get_context("spawn")
     claimed = ctx.Value("i", summary.finished_before)
-    parent_run_id = tracker.parent_run_id
+    parent_box: Any = ctx.Array("c", 64)  # the study's MLflow run id, filled once workers run
     started_before = len(study.get_trials(deepcopy=False, states=_STARTED))
     failed_before = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
     procs: dict[int, Any] = {}
@@ -498,7 +516,7 @@ def _supervise(
     def start(slot: int) -> None:
         p = ctx.Process(
             target=_worker_main,
-            args=(spec, f"{slot}", slot + 1000 * restarts, claimed, deadline, parent_run_id, plan[slot]),
+            args=(spec, f"{slot}", slot + 1000 * restarts, claimed, deadline, parent_box, plan[slot]),
             name=f"signtune-worker-{slot}",
         )
         p.start()
@@ -507,6 +525,11 @@ def _supervise(
 
     for slot in range(len(plan)):
         start(slot)
+    if isinstance(tracker, Tracker):  # while the workers import torch and load data
+        try:
+            tracker.ensure_study()
+        finally:
+            parent_box.value = (tracker.parent_run_id or "-").encode()
     dead_pids: set[int] = set()
     max_restarts = 3 * len(plan)
     try:

@@ -10,6 +10,7 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ class NullTracker:
     parent_run_id: str | None = None
 
     def start_study(self, **_: Any) -> None:
+        return None
+
+    def defer_study(self, **_: Any) -> None:
         return None
 
     def start_trial(self, number: int, *, params: dict[str, Any], tags: dict[str, str]) -> str:
@@ -72,6 +76,34 @@ class Tracker:
         self.parent_run_id: str | None = None
         self._client: Any = None
         self._experiment_id: str | None = None
+        self._study_run: dict[str, Any] | None = None  # the parent run, until something needs it
+        self._parent_source: Callable[[], str | None] | None = None
+
+    def defer_study(self, *, study_name: str, storage: str, params: dict[str, Any], tags: dict[str, str]) -> None:
+        """Create the study's parent run when the first trial run needs it (or at ``end_study``).
+
+        Importing MLflow and opening its store takes seconds; deferring it keeps that off the
+        path to a study's first training step.
+        """
+        self._study_run = {"study_name": study_name, "storage": storage, "params": params, "tags": tags}
+
+    def parent_from(self, source: Callable[[], str | None]) -> None:
+        """Read the parent run id from ``source`` when the first trial run is created (workers)."""
+        self._parent_source = source
+
+    def ensure_study(self) -> str | None:
+        """Create the deferred parent run now; its id (None when there is none)."""
+        self._ensure_parent()
+        return self.parent_run_id
+
+    def _ensure_parent(self) -> None:
+        if self.parent_run_id is not None:
+            return
+        if self._study_run is not None:
+            self.start_study(**self._study_run)
+        elif self._parent_source is not None:
+            self.parent_run_id = self._parent_source()
+            self._parent_source = None
 
     @property
     def client(self) -> Any:
@@ -114,8 +146,9 @@ class Tracker:
             },
         )
         self.parent_run_id = run.info.run_id
+        self._study_run = None
         self._log_params(run.info.run_id, params)
-        return run.info.run_id
+        return str(run.info.run_id)
 
     def start_trial(self, number: int, *, params: dict[str, Any], tags: dict[str, str]) -> str:
         run_tags = {
@@ -123,6 +156,7 @@ class Tracker:
             "signtune.trial": str(number),
             **{f"signtune.{k}": v for k, v in tags.items()},
         }
+        self._ensure_parent()
         if self.parent_run_id:
             run_tags["mlflow.parentRunId"] = self.parent_run_id
         run = self.client.create_run(self.experiment_id(), run_name=f"trial-{number}", tags=run_tags)
@@ -164,6 +198,7 @@ class Tracker:
         export_dir: Path | None,
         status: str = "FINISHED",
     ) -> None:
+        self._ensure_parent()
         if not self.parent_run_id:
             return
         run_id = self.parent_run_id
