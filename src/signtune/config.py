@@ -24,7 +24,7 @@ class DataConfig:
     """
 
     root: str = "data"
-    format: Literal["how2sign", "tsv"] = "how2sign"
+    format: Literal["how2sign", "tsv", "ssvp"] = "how2sign"
     train_manifest: str = "how2sign_realigned_train.csv"
     val_manifest: str = "how2sign_realigned_val.csv"
     test_manifest: str = "how2sign_realigned_test.csv"
@@ -38,13 +38,28 @@ class DataConfig:
     max_frames: int = 1024
     vocab_size: int = 2000
     lowercase: bool = False
+    tokenizer: str = ""  # a local Hugging Face tokenizer folder (e.g. the T5's); empty: train a word-level one
+    pack: Literal["auto", "off"] = "auto"  # pack the feature files into one memory-mapped store on first use
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Encoder-decoder shape. ``family`` picks the builder in ``signtune.models``."""
+    """The model. ``family`` picks the builder in ``signtune.models``.
 
-    family: Literal["transformer"] = "transformer"
+    ``transformer`` is built from scratch with the shape fields below. ``t5`` is a pretrained
+    Hugging Face T5 (``pretrained``) fed by a linear projection of the features (D -> the T5's
+    d_model), optionally behind a pretrained sign encoder (``sign_encoder``); its shape comes
+    from the T5's own config.json, so the shape fields are ignored and ``dropout`` sets the
+    T5's ``dropout_rate``. Relative paths are relative to the study directory.
+
+    Freezing (both families): ``freeze_encoder`` freezes the whole encoder path (t5: the sign
+    encoder and the T5 encoder, not the new projection; transformer: its encoder);
+    ``freeze_first_n_layers`` freezes the first N encoder blocks in input order (t5: the sign
+    encoder's blocks, then the T5 encoder's). Frozen blocks become trainable at the start of
+    epoch ``unfreeze_at_epoch`` (1-based; 0 = never) and then train at their group's lr.
+    """
+
+    family: Literal["transformer", "t5"] = "transformer"
     d_model: int = 128
     num_heads: int = 4
     num_encoder_layers: int = 2
@@ -52,11 +67,20 @@ class ModelConfig:
     ff_mult: int = 4
     dropout: float = 0.1
     max_positions: int = 1024
+    pretrained: str = ""  # t5: a folder with config.json + model.safetensors, or a hub id already in the HF cache
+    sign_encoder: str = ""  # t5: a promoted transformer model folder whose encoder sits before the projection
+    freeze_encoder: bool = False
+    freeze_first_n_layers: int = 0
+    unfreeze_at_epoch: int = 0  # 0 = frozen blocks stay frozen
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with an encoder learning-rate ratio (encoder lr = lr * encoder_lr_ratio)."""
+    """AdamW with a learning-rate ratio per parameter group (group lr = lr * its ratio).
+
+    ``encoder_lr_ratio`` applies to the encoder (transformer) or the pretrained sign encoder
+    (t5); the ``*_lr_ratio`` fields after it apply to the t5 family's other groups.
+    """
 
     lr: float = 1.0e-3
     encoder_lr_ratio: float = 1.0
@@ -65,6 +89,9 @@ class OptimConfig:
     beta2: float = 0.98
     grad_clip: float = 1.0
     grad_accum: int = 1  # micro-batches per optimizer step (the OOM retry halves the batch and doubles this)
+    projection_lr_ratio: float = 1.0  # t5: the feature projection (D -> d_model)
+    t5_encoder_lr_ratio: float = 1.0  # t5: the T5 encoder blocks and final norm
+    t5_decoder_lr_ratio: float = 1.0  # t5: the T5 decoder, the shared embedding and the LM head
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -176,7 +177,9 @@ def promote_best(
             if state is not None and state.epoch >= cfg.run.epochs:
                 history, best = state.history, state.best
             else:
-                history, best = _train_candidate(cand, cfg, data, state, patience, fit, on_epoch)
+                # base_dir: relative model paths (a t5's model.pretrained) start at the study folder
+                train = functools.partial(fit, base_dir=spec.dir)
+                history, best = _train_candidate(cand, cfg, data, state, patience, train, on_epoch)
             cand.value = float(best.get("val_bleu", float("nan")))
             cand.epochs_run = len(history)
             candidates.append(cand)
@@ -190,7 +193,9 @@ def promote_best(
     from signtune.train.loop import resolve_device
 
     device = resolve_device(cfg.run.device)
-    model = build_model(cfg.model, feature_dim=data.feature_dim, vocab_size=data.tokenizer.vocab_size)
+    model = build_model(
+        cfg.model, feature_dim=data.feature_dim, vocab_size=data.tokenizer.vocab_size, base_dir=spec.dir
+    )
     model.load_state_dict(load_checkpoint(winner.dir / "best").model)
     model.to(device).eval()
     beam = int(spec.promote.get("beam_size", 5))
@@ -232,7 +237,15 @@ def log_promotion(spec: StudySpec, result: PromoteResult) -> str:
         if isinstance(value, int | float) and not isinstance(value, bool) and key != "beam_size":
             client.log_metric(run_id, key if key.startswith("test_") else f"test_{key}", float(value))
     client.log_metric(run_id, result.metric, result.winner.value)
-    for name in (WEIGHTS, "config.json", "tokenizer.json", "metrics.json", "predictions.tsv", "provenance.json"):
+    for name in (
+        WEIGHTS,
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",  # a Hugging Face tokenizer's (a t5's) special tokens
+        "metrics.json",
+        "predictions.tsv",
+        "provenance.json",
+    ):
         if (result.out_dir / name).is_file():  # a plug-in's promotion has no tokenizer or predictions
             client.log_artifact(run_id, str(result.out_dir / name), artifact_path="model")
     client.set_terminated(run_id, status="FINISHED")
@@ -355,9 +368,13 @@ def _write_outputs(
     note: str,
 ) -> None:
 
+    from signtune.models import model_architecture
+
     shutil.copyfile(winner.dir / "best" / WEIGHTS, out / WEIGHTS)
     model_cfg = {
         "family": cfg.model.family,
+        # a t5's own config (and its sign encoder's shape): load_promoted rebuilds it from these alone
+        "architecture": model_architecture(cfg.model, base_dir=spec.dir),
         "feature_dim": data.feature_dim,
         "vocab_size": data.tokenizer.vocab_size,
         "model": dataclasses.asdict(cfg.model),
@@ -673,7 +690,7 @@ def load_promoted(model_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     from safetensors.torch import load_file
 
     from signtune.config import ModelConfig
-    from signtune.data.tokenizer import Tokenizer
+    from signtune.data.tokenizer import load_saved_tokenizer
     from signtune.errors import DataError
     from signtune.models import build_model
 
@@ -688,7 +705,12 @@ def load_promoted(model_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     try:
         meta = json.loads(config_path.read_text())
         model_cfg = ModelConfig(**meta["model"])
-        model = build_model(model_cfg, feature_dim=int(meta["feature_dim"]), vocab_size=int(meta["vocab_size"]))
+        model = build_model(
+            model_cfg,
+            feature_dim=int(meta["feature_dim"]),
+            vocab_size=int(meta["vocab_size"]),
+            architecture=meta.get("architecture"),
+        )
         model.load_state_dict(load_file(str(weights)))
     except (KeyError, TypeError, ValueError, RuntimeError, OSError) as exc:
         raise DataError(
@@ -698,4 +720,4 @@ def load_promoted(model_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
                 "re-run `study promote-best`",
             )
         ) from None
-    return model.eval(), Tokenizer.load(model_dir / "tokenizer.json"), meta
+    return model.eval(), load_saved_tokenizer(model_dir / "tokenizer.json"), meta

@@ -109,8 +109,11 @@ class Sign2TextTask:
 
     def prepare(self, spec: Any) -> dict[str, Any]:
         from signtune.data.dataset import load_task_data
+        from signtune.models import check_model_files
 
         self._spec = spec
+        # A missing pretrained model or tokenizer stops the run here, before any trial.
+        check_model_files(spec.base.model, tokenizer=spec.base.data.tokenizer, base_dir=spec.dir)
         if spec.synthetic is not None:
             from signtune.data.synth import ensure_synthetic
 
@@ -148,7 +151,7 @@ class Sign2TextTask:
         from signtune.train.loop import fit
 
         data = load_task_data(cfg.data, ctx.study_dir, cache_dir=ctx.study_dir / ".cache")
-        result = fit(cfg, data, report=report, device=torch.device(ctx.device))
+        result = fit(cfg, data, report=report, device=torch.device(ctx.device), base_dir=ctx.study_dir)
         return TaskResult(
             metrics=dict(result.best),
             epochs_run=result.epochs_run,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from signtune.data.types import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Batch, Split, TaskData
+from signtune.data.types import UNK_ID, WORD_LEVEL, Batch, SpecialIds, Split, TaskData
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
 
@@ -73,30 +73,32 @@ def toy_task(n_train: int = 192, n_val: int = 32, feature_dim: int = 16, seed: i
     )
 
 
-def collate(split: Split, index: list[int], max_frames: int) -> Batch:
+def collate(split: Split, index: list[int], max_frames: int, specials: SpecialIds = WORD_LEVEL) -> Batch:
     """Pad rows ``index`` of ``split`` into a ``Batch``."""
     feats = [split.features[i][:max_frames] for i in index]
     toks = [split.token_ids[i] for i in index]
     t, n_tok = max(len(f) for f in feats), max(len(x) for x in toks) + 1
     src = torch.zeros(len(index), t, feats[0].shape[1])
     src_mask = torch.zeros(len(index), t, dtype=torch.bool)
-    tgt_in = torch.full((len(index), n_tok), PAD_ID, dtype=torch.long)
-    tgt_out = torch.full((len(index), n_tok), PAD_ID, dtype=torch.long)
+    tgt_in = torch.full((len(index), n_tok), specials.pad, dtype=torch.long)
+    tgt_out = torch.full((len(index), n_tok), specials.pad, dtype=torch.long)
     for row, (f, x) in enumerate(zip(feats, toks, strict=True)):
         src[row, : len(f)] = torch.from_numpy(f)
         src_mask[row, : len(f)] = True
-        tgt_in[row, : len(x) + 1] = torch.tensor([BOS_ID, *x])
-        tgt_out[row, : len(x) + 1] = torch.tensor([*x, EOS_ID])
+        tgt_in[row, : len(x) + 1] = torch.tensor([specials.bos, *x])
+        tgt_out[row, : len(x) + 1] = torch.tensor([*x, specials.eos])
     return Batch(src, src_mask, tgt_in, tgt_out, list(index))
 
 
-def toy_make_batches(split: Split, batch_size: int, *, shuffle: bool, seed: int, max_frames: int) -> list[Batch]:
+def toy_make_batches(
+    split: Split, batch_size: int, *, shuffle: bool, seed: int, max_frames: int, specials: SpecialIds = WORD_LEVEL
+) -> list[Batch]:
     """Stand-in for ``signtune.data.batching.make_batches`` with the same signature."""
     order = list(range(len(split)))
     if shuffle:
         order = list(np.random.default_rng(seed).permutation(len(split)))
     return [
-        collate(split, [int(i) for i in order[s : s + batch_size]], max_frames)
+        collate(split, [int(i) for i in order[s : s + batch_size]], max_frames, specials)
         for s in range(0, len(order), batch_size)
     ]
 

@@ -5,18 +5,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from signtune.data.types import BOS_ID, EOS_ID, PAD_ID, Batch, Split
+from signtune.data.types import WORD_LEVEL, Batch, SpecialIds, Split
 from signtune.errors import DataError, Problem
 
 JITTER = 0.1  # shuffled sort keys vary by up to +-10% of the length, so buckets change per epoch
 
 
-def collate(split: Split, indices: list[int], max_frames: int) -> Batch:
+def collate(split: Split, indices: list[int], max_frames: int, specials: SpecialIds = WORD_LEVEL) -> Batch:
     """Pad the clips ``indices`` of ``split`` into one batch.
 
     Clips longer than ``max_frames`` are truncated. ``src`` is zero-padded and ``src_mask`` is
-    True on real frames; ``tgt_in`` is ``[BOS] + tokens`` and ``tgt_out`` is
-    ``tokens + [EOS]``, both padded with ``PAD_ID``. Tensors are on the CPU.
+    True on real frames; ``tgt_in`` is ``[bos] + tokens`` and ``tgt_out`` is
+    ``tokens + [eos]``, both padded with ``pad`` (the ids of ``specials``, the tokenizer's).
+    Tensors are on the CPU.
     """
     feats = [split.features[i][:max_frames] for i in indices]
     tokens = [split.token_ids[i] for i in indices]
@@ -29,13 +30,13 @@ def collate(split: Split, indices: list[int], max_frames: int) -> Batch:
     src_mask = np.arange(t_max)[None, :] < lengths[:, None]
 
     l_max = max((len(t) for t in tokens), default=0) + 1
-    tgt_in = np.full((n, l_max), PAD_ID, dtype=np.int64)
-    tgt_out = np.full((n, l_max), PAD_ID, dtype=np.int64)
-    tgt_in[:, 0] = BOS_ID
+    tgt_in = np.full((n, l_max), specials.pad, dtype=np.int64)
+    tgt_out = np.full((n, l_max), specials.pad, dtype=np.int64)
+    tgt_in[:, 0] = specials.bos
     for row, t in enumerate(tokens):
         tgt_in[row, 1 : len(t) + 1] = t
         tgt_out[row, : len(t)] = t
-        tgt_out[row, len(t)] = EOS_ID
+        tgt_out[row, len(t)] = specials.eos
     return Batch(
         src=torch.from_numpy(src),
         src_mask=torch.from_numpy(src_mask),
@@ -45,7 +46,15 @@ def collate(split: Split, indices: list[int], max_frames: int) -> Batch:
     )
 
 
-def make_batches(split: Split, batch_size: int, *, shuffle: bool, seed: int, max_frames: int) -> list[Batch]:
+def make_batches(
+    split: Split,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    max_frames: int,
+    specials: SpecialIds = WORD_LEVEL,
+) -> list[Batch]:
     """Cut ``split`` into padded batches of clips of similar length.
 
     Without ``shuffle`` the clips are sorted by length (ties by position) and batched in that
@@ -59,6 +68,7 @@ def make_batches(split: Split, batch_size: int, *, shuffle: bool, seed: int, max
         shuffle: jitter the buckets and shuffle the batch order.
         seed: seeds ``numpy.random.default_rng``.
         max_frames: clips are truncated to this many frames.
+        specials: the tokenizer's pad, bos and eos ids (``special_ids(tokenizer)``).
 
     Raises:
         DataError: ``batch_size`` or ``max_frames`` is below 1.
@@ -83,4 +93,4 @@ def make_batches(split: Split, batch_size: int, *, shuffle: bool, seed: int, max
     chunks = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     if shuffle:
         chunks = [chunks[i] for i in rng.permutation(len(chunks))]
-    return [collate(split, [int(i) for i in chunk], max_frames) for chunk in chunks]
+    return [collate(split, [int(i) for i in chunk], max_frames, specials) for chunk in chunks]

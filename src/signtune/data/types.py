@@ -17,8 +17,31 @@ UNK_ID = 3
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 
+@dataclass(frozen=True)
+class SpecialIds:
+    """The token ids batching, the loss and decoding need.
+
+    Attributes:
+        pad: pads targets; the loss ignores it.
+        bos: the decoder's start token, first in every ``tgt_in`` (T5 has no BOS and starts
+            from its pad id).
+        eos: ends every ``tgt_out`` and every decoded sentence.
+    """
+
+    pad: int = PAD_ID
+    bos: int = BOS_ID
+    eos: int = EOS_ID
+
+
+WORD_LEVEL = SpecialIds()  # the word-level tokenizer's ids 0-2
+
+
 class TextTokenizer(Protocol):
-    """What the trainer needs from a tokenizer. Ids 0-3 are pad, bos, eos, unk."""
+    """What the trainer needs from a tokenizer.
+
+    A tokenizer may also have a ``special_ids`` attribute (``SpecialIds``); one without it
+    uses the word-level ids 0-3: pad, bos, eos, unk. ``special_ids(tokenizer)`` reads it.
+    """
 
     @property
     def vocab_size(self) -> int: ...
@@ -30,6 +53,12 @@ class TextTokenizer(Protocol):
     def decode(self, ids: list[int]) -> str:
         """Text of ``ids``; special tokens are skipped."""
         ...
+
+
+def special_ids(tokenizer: object) -> SpecialIds:
+    """The tokenizer's ``special_ids``, or the word-level ids when it declares none."""
+    found = getattr(tokenizer, "special_ids", None)
+    return found if isinstance(found, SpecialIds) else WORD_LEVEL
 
 
 @dataclass

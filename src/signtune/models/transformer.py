@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from signtune.models.base import SignModel
+
 
 def sinusoidal_positions(max_positions: int, d_model: int) -> Tensor:
     """The fixed sine/cosine position table of Vaswani et al., shape ``(max_positions, d_model)``."""
@@ -192,7 +194,7 @@ class DecoderCache:
             self.memory_mask = self.memory_mask.index_select(0, index)
 
 
-class SignTransformer(nn.Module):
+class SignTransformer(SignModel):
     """Encoder-decoder Transformer: feature frames ``(B, T, D)`` -> token logits ``(B, L, V)``.
 
     The encoder is: input projection + LayerNorm, sinusoidal positions, pre-norm blocks, final
@@ -265,8 +267,7 @@ class SignTransformer(nn.Module):
         ``encoder``: input projection and norm, encoder blocks, encoder norm. ``decoder``: the
         rest (token embedding, tied to the output projection; decoder blocks; decoder norm).
         """
-        encoder_modules = [self.input_proj, self.input_norm, self.encoder_blocks, self.encoder_norm]
-        encoder = [p for m in encoder_modules for p in m.parameters()]
+        encoder = [p for m in self.encoder_modules() for p in m.parameters()]
         ids = {id(p) for p in encoder}
         decoder = [p for p in self.parameters() if id(p) not in ids]
         return {"encoder": encoder, "decoder": decoder}
@@ -276,6 +277,14 @@ class SignTransformer(nn.Module):
 
     def decoder_parameters(self) -> list[nn.Parameter]:
         return self.named_groups()["decoder"]
+
+    def encoder_layers(self) -> list[nn.Module]:
+        """The encoder blocks, first to last (``model.freeze_first_n_layers`` counts these)."""
+        return list(self.encoder_blocks)
+
+    def encoder_modules(self) -> list[nn.Module]:
+        """The whole encoder (``model.freeze_encoder``): input projection and norm, blocks, final norm."""
+        return [self.input_proj, self.input_norm, self.encoder_blocks, self.encoder_norm]
 
     # ----------------------------------------------------------------- full sequences
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from signtune.config import EvalConfig, TrainConfig
-from signtune.data.types import BOS_ID, EOS_ID, PAD_ID, Split, TaskData, TextTokenizer
+from signtune.config import EvalConfig, ModelConfig, TrainConfig
+from signtune.data.types import Split, TaskData, TextTokenizer, special_ids
 from signtune.errors import ConfigError, DataError, Diverged, Problem
-from signtune.models import build_model
+from signtune.models import SignModel, build_model
 from signtune.train.decode import IncrementalDecoder, beam_search, greedy_decode
+from signtune.train.freeze import UnfreezeSchedule
 from signtune.train.metrics import corpus_scores
 from signtune.train.optim import build_optimizer
 from signtune.train.schedule import build_scheduler
@@ -107,6 +109,26 @@ def _autocast(device: torch.device, amp: bool) -> AbstractContextManager[object]
     return nullcontext()
 
 
+def frozen_at_start(model: SignModel, cfg: ModelConfig) -> list[nn.Module]:
+    """The modules ``model.freeze_encoder`` / ``model.freeze_first_n_layers`` freeze.
+
+    Raises:
+        ConfigError: ``freeze_first_n_layers`` is more than the model's encoder blocks.
+    """
+    if cfg.freeze_encoder:
+        return model.encoder_modules()
+    layers = model.encoder_layers()
+    if cfg.freeze_first_n_layers > len(layers):
+        raise ConfigError(
+            Problem(
+                "model.freeze_first_n_layers",
+                f"must be at most {len(layers)} (this model's encoder blocks), but got {cfg.freeze_first_n_layers}",
+                f"use 0 to {len(layers)}, or model.freeze_encoder: true",
+            )
+        )
+    return layers[: cfg.freeze_first_n_layers]
+
+
 def fit(
     cfg: TrainConfig,
     data: TaskData,
@@ -116,8 +138,13 @@ def fit(
     should_stop: Callable[[], bool] | None = None,
     resume: TrainState | None = None,
     on_epoch_end: Callable[[TrainState], None] | None = None,
+    base_dir: Path | None = None,
 ) -> FitResult:
-    """Train a ``SignTransformer`` on ``data.train``, scoring ``data.val`` after each epoch.
+    """Train the model ``cfg.model.family`` names on ``data.train``, scoring ``data.val`` after each epoch.
+
+    Encoder blocks frozen by ``cfg.model`` sit in the optimizer from the start (no gradient,
+    so AdamW skips them: no update, no weight decay, no state) and train at their group's
+    scheduled lr from the start of epoch ``cfg.model.unfreeze_at_epoch``.
 
     Args:
         cfg: the whole config.
@@ -132,6 +159,8 @@ def fit(
             with the model, optimizer, scheduler and RNG states restored.
         on_epoch_end: called after each epoch (after ``report``) with the full training
             state, e.g. to write a checkpoint.
+        base_dir: where relative model paths start (the study directory); None: the working
+            directory.
 
     Returns:
         The best epoch's metrics, the history, and the trained model.
@@ -139,7 +168,7 @@ def fit(
     Raises:
         Diverged: the training loss became NaN or infinite.
         StopTrial: raised by ``report``.
-        ConfigError: an invalid model shape or device.
+        ConfigError: an invalid model shape, device, freezing or pretrained model.
         DataError: the training split gives no batches.
     """
     # Imported here: the data package owns batching and must not be needed to import this.
@@ -152,8 +181,19 @@ def fit(
     device = device if device is not None else resolve_device(cfg.run.device)
     amp = cfg.run.amp and device.type == "cuda"
 
-    model = build_model(cfg.model, feature_dim=data.feature_dim, vocab_size=data.tokenizer.vocab_size).to(device)
-    optimizer = build_optimizer(model.named_groups(), cfg.optim, device)
+    specials = special_ids(data.tokenizer)
+    model = build_model(
+        cfg.model,
+        feature_dim=data.feature_dim,
+        vocab_size=data.tokenizer.vocab_size,
+        specials=specials,
+        base_dir=base_dir,
+    ).to(device)
+    frozen = frozen_at_start(model, cfg.model)
+    unfreeze = UnfreezeSchedule(
+        frozen, freeze_first_n=len(frozen), unfreeze_at_epoch=cfg.model.unfreeze_at_epoch or None
+    )
+    optimizer = build_optimizer(model.named_groups(), cfg.optim, device, include_frozen=True)
 
     batches = make_batches(
         data.train,
@@ -161,6 +201,7 @@ def fit(
         shuffle=True,
         seed=cfg.run.seed + 1,
         max_frames=cfg.data.max_frames,
+        specials=specials,
     )
     if not batches:
         raise DataError(Problem("data.train", "gives no batches (the split is empty)", "check data.subset"))
@@ -197,7 +238,9 @@ def fit(
                 shuffle=True,
                 seed=cfg.run.seed + epoch,
                 max_frames=cfg.data.max_frames,
+                specials=specials,
             )
+        unfreeze.step(epoch)  # also on resume: a run resumed past the epoch starts unfrozen
 
         model.train()
         # Summed on the device: .item() is a host sync (on GPU it drains the launch queue),
@@ -210,7 +253,7 @@ def fit(
             loss = F.cross_entropy(
                 logits.float().flatten(0, 1),
                 batch.tgt_out.flatten(),
-                ignore_index=PAD_ID,
+                ignore_index=specials.pad,
                 label_smoothing=cfg.loss.label_smoothing,
             )
             # With accumulation, gradients of `accum` micro-batches add up before one step.
@@ -319,7 +362,7 @@ def evaluate(
     and rows of a batch finish at similar steps); hypotheses come back in split order.
 
     Args:
-        model: the model, on ``device`` (any ``IncrementalDecoder``, e.g. ``SignTransformer``).
+        model: the model, on ``device`` (any ``IncrementalDecoder``, e.g. a ``SignModel``).
         split: the split to translate; ``split.texts`` are the references.
         tokenizer: turns token ids back into text.
         cfg: decoding length, batch size, and BLEU tokenizer and case.
@@ -350,6 +393,8 @@ def translate(
 ) -> list[str]:
     """Translate clips in batches sorted by length; the texts come back in input order."""
     beam = cfg.beam_size if beam_size is None else beam_size
+    ids_of = special_ids(tokenizer)  # the start and end tokens are the tokenizer's (T5: pad and </s>)
+    bos, eos = ids_of.bos, ids_of.eos
     order = sorted(range(len(features)), key=lambda i: len(features[i]), reverse=True)
     hyps: list[str] = [""] * len(features)
     for start in range(0, len(order), cfg.batch_size):
@@ -358,11 +403,9 @@ def translate(
         src, src_mask = src.to(device), src_mask.to(device)
         with _autocast(device, amp):
             if beam == 1:
-                ids = greedy_decode(model, src, src_mask, max_len=cfg.max_len, bos_id=BOS_ID, eos_id=EOS_ID)
+                ids = greedy_decode(model, src, src_mask, max_len=cfg.max_len, bos_id=bos, eos_id=eos)
             else:
-                ids = beam_search(
-                    model, src, src_mask, beam_size=beam, max_len=cfg.max_len, bos_id=BOS_ID, eos_id=EOS_ID
-                )
+                ids = beam_search(model, src, src_mask, beam_size=beam, max_len=cfg.max_len, bos_id=bos, eos_id=eos)
         for i, row in zip(index, ids, strict=True):
             hyps[i] = tokenizer.decode(row)
     return hyps

@@ -13,6 +13,21 @@ from torch import nn
 
 from signtune.config import OptimConfig
 
+# Group names whose lr ratio an ``OptimConfig`` field sets: the transformer's ``encoder`` and
+# the t5 family's groups (``signtune.models``). Other names get 1.0 unless ``ratios`` says so.
+RATIO_FIELDS: dict[str, str] = {
+    "encoder": "encoder_lr_ratio",
+    "sign_encoder": "encoder_lr_ratio",
+    "projection": "projection_lr_ratio",
+    "t5_encoder": "t5_encoder_lr_ratio",
+    "t5_decoder": "t5_decoder_lr_ratio",
+}
+
+
+def config_ratios(groups: dict[str, list[nn.Parameter]], cfg: OptimConfig) -> dict[str, float]:
+    """The lr ratio of each group in ``groups`` that ``RATIO_FIELDS`` maps to a config field."""
+    return {name: float(getattr(cfg, field)) for name, field in RATIO_FIELDS.items() if name in groups}
+
 
 def param_groups(
     groups: dict[str, list[nn.Parameter]],
@@ -75,15 +90,15 @@ def build_optimizer(
 
     Args:
         groups: parameters by group name, e.g. ``model.named_groups()``.
-        cfg: lr, betas, weight decay; ``cfg.encoder_lr_ratio`` applies to a group named
-            ``encoder`` unless ``ratios`` is given.
+        cfg: lr, betas, weight decay, and the lr ratios of the groups ``RATIO_FIELDS`` names
+            (e.g. ``cfg.encoder_lr_ratio`` for a group named ``encoder`` or ``sign_encoder``)
+            unless ``ratios`` is given.
         device: where the parameters live; picks the fastest AdamW implementation.
-        ratios: lr multipliers by group name (default ``{"encoder": cfg.encoder_lr_ratio}`` when
-            there is an ``encoder`` group).
+        ratios: lr multipliers by group name (default ``config_ratios(groups, cfg)``).
         include_frozen: keep frozen parameters in the optimizer so they train once unfrozen.
     """
     if ratios is None:
-        ratios = {"encoder": cfg.encoder_lr_ratio} if "encoder" in groups else {}
+        ratios = config_ratios(groups, cfg)
     pgs = param_groups(groups, lr=cfg.lr, ratios=ratios, weight_decay=cfg.weight_decay, include_frozen=include_frozen)
     betas = (cfg.beta1, cfg.beta2)
     if torch.device(device).type == "cuda":
