@@ -23,8 +23,9 @@ first step is timed in a fresh process, in the order ``study run`` runs them:
 Each child process runs 2-6 once; ``--repeats`` children, medians per phase. The headline
 figure is measured, not summed: the real ``study run --trials 1`` is launched ``--repeats``
 times and stopped at its first ``optimizer.step()`` by a global torch.optim hook (median of the
-runs). MLflow's runs are created after the first epoch, so phase 5 is off that path. For reference, the whole ``study run --trials 1
---epochs 1 --subset 0.1`` (first step, one epoch, validation, export) is timed end to end.
+runs). MLflow's runs are created after the first epoch, so phase 5 is off that path. For
+reference, the whole ``study run --trials 1 --epochs 1 --subset 0.1`` (first step, one epoch,
+validation, export) is timed end to end.
 """
 
 from __future__ import annotations

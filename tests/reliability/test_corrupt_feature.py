@@ -42,7 +42,7 @@ def test_corrupt_feature_file_mid_study(tmp_path: Path) -> None:
         victim = sorted((tmp_path / "studies" / "tiny" / "data" / "features").glob("*.npy"))[3]
         good = victim.read_bytes()
         victim.write_bytes(b"\x93NUMPY but then the disk gave up")
-        out, err = proc.communicate(timeout=240)
+        _, err = proc.communicate(timeout=240)
     finally:
         proc.kill()
 

@@ -1,23 +1,34 @@
 """Load a task's splits: manifests + feature files -> ``Split``/``TaskData``, with a cache.
 
-Loaded features stay in a module-level cache keyed on the resolved paths, ``feature_dim``,
-``max_frames`` and every file's mtime and size, so a worker process that runs trial after
-trial on the same data reads the files once; the training subset is a view on the cached
-full split.
+With ``data.pack: auto`` (the default) the features are served from the packed store
+(``signtune.data.pack``): on first use every clip the train/val/test manifests name is read
+once, checked, and written into one memory-mapped file under the study's cache; later loads,
+in this process or any other, stat the source files against the pack's index and make
+zero-copy, read-only views into it. A changed, added or removed source file rebuilds the pack.
+``data.pack: off`` reads every file one by one on each new load (``load_split``).
+
+Loaded splits stay in a module-level cache: per file, keyed on the resolved paths,
+``feature_dim``, ``max_frames`` and every file's mtime and size; packed, on the pack's token,
+``max_frames`` and the manifest rows. A worker process that runs trial after trial on the same
+data reads the files once; the training subset is a view on the cached full split.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from signtune.config import DataConfig
+from signtune.data import pack as packed
 from signtune.data.features import candidate_paths, load_feature, resolve_feature_path
-from signtune.data.manifest import capped, read_manifest
+from signtune.data.manifest import ManifestRow, capped, read_manifest
+from signtune.data.pack import Pack, PackInfo, Source
 from signtune.data.tokenizer import load_or_train_tokenizer
 from signtune.data.types import Split, TaskData, TextTokenizer
 from signtune.errors import DataError, Problem
@@ -37,8 +48,15 @@ _CACHE: OrderedDict[tuple[object, ...], _Loaded] = OrderedDict()
 
 
 def clear_cache() -> None:
-    """Forget every cached split (tests; or to free memory)."""
+    """Forget every cached split and opened pack (tests; or to free memory)."""
     _CACHE.clear()
+    packed.forget()
+
+
+def _remember(key: tuple[object, ...], loaded: _Loaded) -> None:
+    _CACHE[key] = loaded
+    while len(_CACHE) > CACHE_ENTRIES:
+        _CACHE.popitem(last=False)
 
 
 def subset_indices(n: int, fraction: float, seed: int) -> list[int]:
@@ -85,7 +103,7 @@ def load_split(
     cfg: DataConfig,
     tokenizer: TextTokenizer | None,
 ) -> Split:
-    """Read one split's manifest and every clip's features.
+    """Read one split's manifest and every clip's features, file by file (``cfg.pack`` is not used).
 
     Args:
         name: the split's name (``train``, ``val``, ``test``).
@@ -99,8 +117,30 @@ def load_split(
             no feature file (all of them listed at once, with their rows), or files are bad.
     """
     manifest_path, features_dir = Path(manifest_path), Path(features_dir)
+    _check_features_dir(features_dir)
+    rows = _read_rows(name, manifest_path, cfg)
+    paths = _resolve_paths(rows, manifest_path, features_dir)
+    key = _cache_key(manifest_path, features_dir, cfg, paths)
+    loaded = _CACHE.get(key)
+    if loaded is None:
+        loaded = _load(
+            rows_ids=[r.id for r in rows],
+            texts=[r.text for r in rows],
+            paths=paths,
+            cfg=cfg,
+            manifest_path=manifest_path,
+        )
+        _remember(key, loaded)
+    _CACHE.move_to_end(key)
+    return _split(name, loaded.ids, loaded.texts, loaded.features, tokenizer)
+
+
+def _check_features_dir(features_dir: Path) -> None:
     if not features_dir.is_dir():
         raise DataError(Problem("data.features_dir", f"the features folder {features_dir} does not exist", SYNTH_FIX))
+
+
+def _read_rows(name: str, manifest_path: Path, cfg: DataConfig) -> list[ManifestRow]:
     rows = read_manifest(manifest_path, format=cfg.format, id_column=cfg.id_column, text_column=cfg.text_column)
     if not rows:
         raise DataError(
@@ -110,6 +150,11 @@ def load_split(
                 "add clips to it, or point data at another manifest",
             )
         )
+    return rows
+
+
+def _resolve_paths(rows: list[ManifestRow], manifest_path: Path, features_dir: Path) -> list[Path]:
+    """Every row's feature file, aligned with ``rows``; all missing or unsafe ones reported at once."""
     paths: list[Path] = []
     problems: list[Problem] = []
     for r in rows:
@@ -129,22 +174,7 @@ def load_split(
             SYNTH_FIX if len(problems) == len(rows) else "",
         )
         raise DataError([head, *capped(problems, str(manifest_path))])
-
-    key = _cache_key(manifest_path, features_dir, cfg, paths)
-    loaded = _CACHE.get(key)
-    if loaded is None:
-        loaded = _load(
-            rows_ids=[r.id for r in rows],
-            texts=[r.text for r in rows],
-            paths=paths,
-            cfg=cfg,
-            manifest_path=manifest_path,
-        )
-        _CACHE[key] = loaded
-        while len(_CACHE) > CACHE_ENTRIES:
-            _CACHE.popitem(last=False)
-    _CACHE.move_to_end(key)
-    return _split(name, loaded.ids, loaded.texts, loaded.features, tokenizer)
+    return paths
 
 
 def _cache_key(manifest_path: Path, features_dir: Path, cfg: DataConfig, paths: list[Path]) -> tuple[object, ...]:
@@ -175,10 +205,26 @@ def _load(
     cfg: DataConfig,
     manifest_path: Path,
 ) -> _Loaded:
-    features: list[np.ndarray] = []
+    features = [
+        arr[: cfg.max_frames].copy() if len(arr) > cfg.max_frames else arr  # a copy frees the untruncated array
+        for _, arr in _checked_features(paths, cfg, manifest_path)
+    ]
+    return _Loaded(ids=rows_ids, texts=texts, features=features)
+
+
+def _checked_features(
+    paths: list[Path], cfg: DataConfig, manifest_path: Path, *, skip: Collection[int] = ()
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(position, array)`` for every good file of a manifest, reading each once.
+
+    After the last file, raises every problem found at once (files of a wrong D as one problem
+    per D), so the per-file and the packed paths report bad files identically.
+    """
     problems: list[Problem] = []
     wrong_dim: dict[int, list[Path]] = {}  # D found -> files; one problem per D, not one per file
-    for path in paths:
+    for i, path in enumerate(paths):
+        if i in skip:
+            continue
         try:
             arr = load_feature(path, feature_dim=None)
         except DataError as exc:
@@ -187,8 +233,7 @@ def _load(
         if arr.shape[1] != cfg.feature_dim:
             wrong_dim.setdefault(arr.shape[1], []).append(path)
             continue
-        # a copy, so the untruncated array is freed
-        features.append(arr[: cfg.max_frames].copy() if len(arr) > cfg.max_frames else arr)
+        yield i, arr
     for dim, files in wrong_dim.items():
         many = f"{len(files)} of {len(paths)} feature files (e.g. {files[0]}) have" if len(files) > 1 else "has"
         problems.insert(
@@ -201,7 +246,148 @@ def _load(
         )
     if problems:
         raise DataError(capped(problems, f"feature files of {manifest_path}"))
-    return _Loaded(ids=rows_ids, texts=texts, features=features)
+
+
+# ----------------------------------------------------------------------------------------------
+# The packed store
+
+_Manifest = tuple[str, Path, list[ManifestRow]]  # split name, manifest path, its rows
+
+
+def _pack_sources(manifests: list[_Manifest], features_dir: Path, cfg: DataConfig) -> Iterator[Source]:
+    """Every clip the manifests name, each file read and checked once, in manifest order.
+
+    Manifest by manifest, with the per-file path's checks and messages: missing or unsafe ids
+    first, then bad files. Each file is stat'ed before it is read, so a file that changes
+    while it is packed leaves a pack that the next load finds stale.
+    """
+    seen: set[str] = set()
+    for _name, manifest_path, rows in manifests:
+        paths = _resolve_paths(rows, manifest_path, features_dir)
+        skip = {i for i, r in enumerate(rows) if r.id in seen}  # packed from an earlier manifest
+        seen.update(r.id for r in rows)
+        stats = {i: _size_mtime(p) for i, p in enumerate(paths) if i not in skip}
+        for i, arr in _checked_features(paths, cfg, manifest_path, skip=skip):
+            yield Source(id=rows[i].id, path=paths[i], frames=arr, size=stats[i][0], mtime_ns=stats[i][1])
+
+
+def _size_mtime(path: Path) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:  # gone between look-up and read: load_feature reports it, or the pack is stale at once
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
+
+
+def _ensure_pack(
+    manifests: list[_Manifest],
+    features_dir: Path,
+    cfg: DataConfig,
+    cache_dir: Path,
+    *,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Pack, PackInfo]:
+    return packed.ensure_pack(
+        packed.pack_folder(cache_dir, features_dir),
+        features_dir,
+        list(dict.fromkeys(r.id for _, _, rows in manifests for r in rows)),
+        lambda: _pack_sources(manifests, features_dir, cfg),
+        feature_dim=cfg.feature_dim,
+        force=force,
+        progress=progress,
+    )
+
+
+def _packed_splits(manifests: list[_Manifest], features_dir: Path, cfg: DataConfig, cache_dir: Path) -> list[Split]:
+    pack, _ = _ensure_pack(manifests, features_dir, cfg, cache_dir)
+    out: list[Split] = []
+    for name, _path, rows in manifests:
+        ids, texts = tuple(r.id for r in rows), tuple(r.text for r in rows)
+        key = ("pack", str(pack.folder), pack.token, cfg.max_frames, ids, texts)
+        loaded = _CACHE.get(key)
+        if loaded is None:  # views, truncated to max_frames: the pack itself keeps every frame
+            feats = [pack.view(clip_id)[: cfg.max_frames] for clip_id in ids]
+            loaded = _Loaded(ids=list(ids), texts=list(texts), features=feats)
+            _remember(key, loaded)
+        _CACHE.move_to_end(key)
+        out.append(_split(name, loaded.ids, loaded.texts, loaded.features, None))
+    return out
+
+
+def _data_root(cfg: DataConfig, base_dir: Path) -> Path:
+    root = Path(cfg.root)
+    if not root.is_absolute():
+        root = Path(base_dir) / root
+    if not root.is_dir():
+        raise DataError(Problem("data.root", f"the data folder {root} does not exist", SYNTH_FIX))
+    return root
+
+
+def _manifests(cfg: DataConfig, root: Path) -> list[tuple[str, Path]]:
+    """train and val, and test when its manifest exists."""
+    found = [("train", root / cfg.train_manifest), ("val", root / cfg.val_manifest)]
+    if (root / cfg.test_manifest).is_file():
+        found.append(("test", root / cfg.test_manifest))
+    return found
+
+
+def load_splits(cfg: DataConfig, root: Path, *, cache_dir: Path) -> tuple[Split, Split, Split | None]:
+    """train, val and (when its manifest exists) test, without token ids.
+
+    With ``cfg.pack == "auto"`` the features are views into the packed store under
+    ``cache_dir`` (built or rebuilt first when needed); with ``"off"`` each file is read.
+
+    Args:
+        cfg: the data config.
+        root: the data folder (``cfg.root`` already resolved).
+        cache_dir: the study's cache folder; the pack lives in ``cache_dir/pack/<key>/``.
+
+    Raises:
+        DataError: see ``load_split``; also when the pack cannot be written.
+    """
+    features_dir = root / cfg.features_dir
+    if cfg.pack == "off":
+        splits = [load_split(name, path, features_dir, cfg, None) for name, path in _manifests(cfg, root)]
+    else:
+        _check_features_dir(features_dir)
+        manifests = [(name, path, _read_rows(name, path, cfg)) for name, path in _manifests(cfg, root)]
+        splits = _packed_splits(manifests, features_dir, cfg, Path(cache_dir))
+    return splits[0], splits[1], (splits[2] if len(splits) > 2 else None)
+
+
+def pack_features(
+    cfg: DataConfig,
+    base_dir: Path,
+    cache_dir: Path,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    force: bool = False,
+) -> PackInfo:
+    """Build (or check and reuse) the packed store of every clip the manifests name.
+
+    What ``study data pack`` runs; ``load_task_data`` does the same on first use. Packs whatever
+    ``cfg.pack`` says (with ``off`` the pack is built but not used).
+
+    Args:
+        cfg: the data config (root, manifests, features folder, ``feature_dim``).
+        base_dir: the study directory (``cfg.root`` is relative to it unless absolute).
+        cache_dir: the study's cache folder; the pack goes to ``cache_dir/pack/<key>/``.
+        progress: called with (clips packed, clips to pack) while building.
+        force: rebuild even when the pack is valid.
+
+    Returns:
+        What the pack holds, where it is, how long it took, and whether it was built or reused.
+
+    Raises:
+        DataError: a manifest or feature file is bad (the same messages as loading per file),
+            or the pack cannot be written.
+    """
+    root = _data_root(cfg, base_dir)
+    features_dir = root / cfg.features_dir
+    _check_features_dir(features_dir)
+    manifests = [(name, path, _read_rows(name, path, cfg)) for name, path in _manifests(cfg, root)]
+    return _ensure_pack(manifests, features_dir, cfg, Path(cache_dir), force=force, progress=progress)[1]
 
 
 def _split(
@@ -225,24 +411,21 @@ def load_task_data(cfg: DataConfig, base_dir: Path, *, cache_dir: Path) -> TaskD
     Args:
         cfg: the data config; ``cfg.root`` is relative to ``base_dir`` unless absolute.
         base_dir: the study directory.
-        cache_dir: where the tokenizer cache lives.
+        cache_dir: where the tokenizer cache and the packed feature store live.
 
     Raises:
         DataError: see ``load_split``; also when ``root`` does not exist.
     """
-    root = Path(cfg.root)
-    if not root.is_absolute():
-        root = Path(base_dir) / root
-    if not root.is_dir():
-        raise DataError(Problem("data.root", f"the data folder {root} does not exist", SYNTH_FIX))
-    features_dir = root / cfg.features_dir
-    train = load_split("train", root / cfg.train_manifest, features_dir, cfg, None)
-    val = load_split("val", root / cfg.val_manifest, features_dir, cfg, None)
-    test_manifest = root / cfg.test_manifest
-    test = load_split("test", test_manifest, features_dir, cfg, None) if test_manifest.is_file() else None
+    root = _data_root(cfg, base_dir)
+    train, val, test = load_splits(cfg, root, cache_dir=cache_dir)
 
     tokenizer = load_or_train_tokenizer(
-        train.texts, vocab_size=cfg.vocab_size, lowercase=cfg.lowercase, cache_dir=cache_dir
+        train.texts,
+        vocab_size=cfg.vocab_size,
+        lowercase=cfg.lowercase,
+        cache_dir=cache_dir,
+        pretrained=cfg.tokenizer,  # a Hugging Face tokenizer folder, relative to the study folder
+        base_dir=base_dir,
     )
     for split in (train, val, test):
         if split is not None:

@@ -175,6 +175,72 @@ def _read_npy(path: Path) -> np.ndarray:
     return arr
 
 
+def read_feature_array(path: Path) -> np.ndarray:
+    """Read a feature file as it is stored: a numeric array of any shape (``.pt`` as float32).
+
+    Raises:
+        DataError: the file is unreadable, pickled, not numeric, or not ``.npy``/``.pt``.
+    """
+    path = Path(path)
+    if path.suffix == ".npy":
+        return _read_npy(path)
+    if path.suffix == ".pt":
+        return _read_pt(path)
+    raise _bad(path, f"has suffix {path.suffix!r}; feature files must be .npy or .pt", "convert it to .npy")
+
+
+def feature_problems(path: Path, arr: np.ndarray, *, feature_dim: int | None) -> list[tuple[str, Problem]]:
+    """Every problem of a feature array, each tagged with its rule, in the order they matter.
+
+    Rules: ``ndim`` (not (T, D); nothing else is checked then), ``feature-dim`` (D differs from
+    ``feature_dim``), ``empty-clip`` (T is 0) and ``non-finite`` (NaN or infinity, counted as
+    float32, the dtype it is trained in).
+    """
+    path = Path(path)
+    if arr.ndim != 2:
+        return [
+            (
+                "ndim",
+                Problem(
+                    str(path),
+                    f"must have 2 dimensions (frames, features), but has shape {arr.shape}",
+                    "save one (T, D) array per clip",
+                ),
+            )
+        ]
+    found: list[tuple[str, Problem]] = []
+    if feature_dim is not None and arr.shape[1] != feature_dim:
+        found.append(
+            (
+                "feature-dim",
+                Problem(
+                    str(path),
+                    f"has {arr.shape[1]} features per frame, but data.feature_dim is {feature_dim}",
+                    f"set data.feature_dim to {arr.shape[1]}, or re-extract",
+                ),
+            )
+        )
+    if arr.shape[0] == 0:
+        found.append(
+            ("empty-clip", Problem(str(path), "has 0 frames", "re-extract this clip, or drop it from the manifest"))
+        )
+    elif arr.dtype.kind == "f":  # integers are always finite
+        finite = np.isfinite(arr if arr.dtype == np.float32 else arr.astype(np.float32))
+        if not finite.all():
+            bad = int((~finite).any(axis=1).sum())
+            found.append(
+                (
+                    "non-finite",
+                    Problem(
+                        str(path),
+                        f"holds NaN or infinite values in {bad} of {len(arr)} frames",
+                        "re-extract this clip, or drop it from the manifest",
+                    ),
+                )
+            )
+    return found
+
+
 def load_feature(path: Path, *, feature_dim: int | None) -> np.ndarray:
     """Load one clip's features as a contiguous float32 array of shape (T, D).
 
@@ -184,35 +250,10 @@ def load_feature(path: Path, *, feature_dim: int | None) -> np.ndarray:
 
     Raises:
         DataError: the file is unreadable, pickled, not 2-D, has the wrong D, has no frames,
-            or holds NaN or infinity.
+            or holds NaN or infinity (the first of these).
     """
-    path = Path(path)
-    if path.suffix == ".npy":
-        arr = _read_npy(path)
-    elif path.suffix == ".pt":
-        arr = _read_pt(path)
-    else:
-        raise _bad(path, f"has suffix {path.suffix!r}; feature files must be .npy or .pt", "convert it to .npy")
-    if arr.ndim != 2:
-        raise _bad(
-            path,
-            f"must have 2 dimensions (frames, features), but has shape {arr.shape}",
-            "save one (T, D) array per clip",
-        )
-    if feature_dim is not None and arr.shape[1] != feature_dim:
-        raise _bad(
-            path,
-            f"has {arr.shape[1]} features per frame, but data.feature_dim is {feature_dim}",
-            f"set data.feature_dim to {arr.shape[1]}, or re-extract",
-        )
-    if arr.shape[0] == 0:
-        raise _bad(path, "has 0 frames", "re-extract this clip, or drop it from the manifest")
-    out = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(out).all():
-        bad = int((~np.isfinite(out)).any(axis=1).sum())
-        raise _bad(
-            path,
-            f"holds NaN or infinite values in {bad} of {len(out)} frames",
-            "re-extract this clip, or drop it from the manifest",
-        )
-    return out
+    arr = read_feature_array(path)
+    found = feature_problems(path, arr, feature_dim=feature_dim)
+    if found:
+        raise DataError(found[0][1])
+    return np.ascontiguousarray(arr, dtype=np.float32)
