@@ -824,18 +824,10 @@ def _sign2text_spec(study: str | None, command: str) -> Any:
             )
         )
     if spec.synthetic is not None:
-        from signtune.data.synth import ensure_synthetic
+        from signtune.tasks import ensure_spec_data
 
-        s = spec.synthetic
         with err.status("Generating the synthetic data (first use only)..."):
-            ensure_synthetic(
-                spec.data_root,
-                seed=s.seed,
-                n_train=s.n_train,
-                n_val=s.n_val,
-                n_test=s.n_test,
-                feature_dim=spec.base.data.feature_dim,
-            )
+            ensure_spec_data(spec)
     return spec
 
 

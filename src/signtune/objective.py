@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -9,7 +10,7 @@ import socket
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,8 @@ class Objective:
                 raise ValueError(f"report({epoch}, ...) got metrics {sorted(metrics)} but the objective is {metric!r}")
             value = float(metrics[metric])
             trial.report(value, epoch)
-            self.tracker.log_epoch(ensure_run(), metrics, epoch)
+            with watchdog.paused():  # MLflow's first import and store set-up are not the task hanging
+                self.tracker.log_epoch(ensure_run(), metrics, epoch)
             if self.on_epoch is not None:
                 self.on_epoch(trial.number, epoch, metrics)
             if not math.isfinite(value):
@@ -195,6 +197,21 @@ class Watchdog:
     def beat(self) -> None:
         if self.timeout_s:
             signal.setitimer(signal.ITIMER_REAL, self.timeout_s)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold the alarm while signtune's own I/O runs (tracking), then re-arm it in full.
+
+        An alarm inside an import would leave that module half-initialised for the process.
+        """
+        if not self.timeout_s:
+            yield
+            return
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        try:
+            yield
+        finally:
+            self.beat()
 
     def __enter__(self) -> Watchdog:
         if self.timeout_s:

@@ -114,18 +114,7 @@ class Sign2TextTask:
         self._spec = spec
         # A missing pretrained model or tokenizer stops the run here, before any trial.
         check_model_files(spec.base.model, tokenizer=spec.base.data.tokenizer, base_dir=spec.dir)
-        if spec.synthetic is not None:
-            from signtune.data.synth import ensure_synthetic
-
-            s = spec.synthetic
-            ensure_synthetic(
-                spec.data_root,
-                seed=s.seed,
-                n_train=s.n_train,
-                n_val=s.n_val,
-                n_test=s.n_test,
-                feature_dim=spec.base.data.feature_dim,
-            )
+        ensure_spec_data(spec)
         data = load_task_data(self._data_cfg(spec.base, spec.budget.subset), spec.dir, cache_dir=spec.dir / ".cache")
         lengths = [f.shape[0] for f in data.train.features]
         return {
@@ -159,6 +148,23 @@ class Sign2TextTask:
             device=result.device,
             attrs={"bleu_signature": result.bleu_signature},
         )
+
+
+def ensure_spec_data(spec: Any) -> None:
+    """Generate a sign2text study's synthetic data on first use (when its spec asks for it)."""
+    if spec.synthetic is None:
+        return
+    from signtune.data.synth import ensure_synthetic
+
+    s = spec.synthetic
+    ensure_synthetic(
+        spec.data_root,
+        seed=s.seed,
+        n_train=s.n_train,
+        n_val=s.n_val,
+        n_test=s.n_test,
+        feature_dim=spec.base.data.feature_dim,
+    )
 
 
 PluginFn = Callable[[dict[str, Any], ReportFn, TrialContext], Any]
