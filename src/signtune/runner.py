@@ -10,6 +10,7 @@ running trials with reason ``interrupted``; the next ``study run`` resumes.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import multiprocessing as mp
 import os
 import signal
@@ -35,6 +36,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _STARTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 MAX_CONSECUTIVE_FAILURES = 5
 POLL_S = 0.5
+ORPHAN_GRACE_S = 5.0  # how long a RUNNING trial may go without naming its worker (see reap_dead)
 WORKER_GAVE_UP = 3  # exit code of a worker that stopped after too many failures in a row
 
 
@@ -366,8 +368,20 @@ def host_id() -> str:
 def reap_dead(spec: StudySpec, study: optuna.Study, pids: set[int], *, reason: str = "worker_died") -> list[int]:
     """Fail the RUNNING trials of dead local worker processes and re-queue their params once."""
     host = host_id()
+    noticed = datetime.datetime.now()
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     mine = [t for t in running if t.user_attrs.get("pid") in pids and t.user_attrs.get("host", host) == host]
+    # A worker that died between creating a trial and recording its pid (a storage outage in
+    # that instant) leaves a RUNNING trial that names no owner. A live worker names itself
+    # within milliseconds of creating its trial, so one still unnamed after the grace is an orphan.
+    unnamed = [t.number for t in running if "pid" not in t.user_attrs]
+    if unnamed:
+        time.sleep(ORPHAN_GRACE_S)
+        mine += [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.number in unnamed and "pid" not in t.user_attrs and (t.datetime_start or noticed) <= noticed
+        ]
     for t in mine:
         fail_trial(spec, study, t, reason)
     return [t.number for t in mine]
