@@ -20,7 +20,8 @@ from signtune.errors import ConfigError, Problem
 class DataConfig:
     """Where the data is and how it is batched.
 
-    Paths are relative to ``root``; ``root`` is relative to the study directory.
+    Manifests and ``features_dir`` are relative to ``root``; ``root`` and ``tokenizer`` are
+    relative to the study directory (absolute paths are kept).
     """
 
     root: str = "data"
