@@ -60,25 +60,30 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         spec = self.spec
         metric = spec.objective.metric
+        started = time.perf_counter()
+        owner: dict[str, Any] = {
+            "host": os.environ.get("SIGNTUNE_HOST") or socket.gethostname(),
+            "worker": self.worker_id,
+            "pid": os.getpid(),
+        }
+        for key, value in owner.items():  # first: a supervisor reaping dead workers finds trials by pid
+            trial.set_user_attr(key, value)
         values = suggest(trial, self.space)
         cfg = self.task.make_config(spec, values)
         if trial.user_attrs.get("oom_retry"):
             cfg = halve_batch(cfg)  # same params, half the batch, twice the accumulation
-        started = time.perf_counter()
-        attrs: dict[str, Any] = {
+        more: dict[str, Any] = {
             "seed": spec.seed,
             "device": self.device,
-            "host": os.environ.get("SIGNTUNE_HOST") or socket.gethostname(),
-            "worker": self.worker_id,
-            "pid": os.getpid(),
             "gpu": os.environ.get("SIGNTUNE_GPU", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
             if self.device.startswith("cuda")
             else "",
         }
         if trial.user_attrs.get("oom_retry"):
-            attrs["oom_retry_config"] = _batch_settings(cfg)
-        for key, value in attrs.items():
+            more["oom_retry_config"] = _batch_settings(cfg)
+        for key, value in more.items():
             trial.set_user_attr(key, value)
+        attrs = {**more, **owner}
         run_id: str | None = None  # the trial's MLflow run, created when it first has something to log
 
         def ensure_run() -> str:

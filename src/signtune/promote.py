@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from signtune.config import TrainConfig, apply_overrides, flatten
-from signtune.errors import Problem, StudyError
+from signtune.errors import Problem, SigntuneError, StudyError
 from signtune.faults import kill_after_epoch
 from signtune.spec import StudySpec
 from signtune.storage import mask_url
@@ -91,9 +91,29 @@ def save_checkpoint(path: Path, state: Any) -> None:
         },
         tmp / STATE,
     )
+    commit_dir(tmp, path)
+
+
+def commit_dir(tmp: Path, path: Path) -> None:
+    """Swap the fully written folder ``tmp`` in for ``path``: one complete copy exists throughout.
+
+    The old copy is renamed aside first, so a crash between the two renames leaves it as
+    ``<name>.old``, which ``recover_dir`` puts back.
+    """
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
     if path.exists():
-        shutil.rmtree(path)
+        path.rename(old)
     tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(path: Path) -> Path:
+    """``path``, restored from ``<name>.old`` when a crash fell inside ``commit_dir``."""
+    old = path.with_name(path.name + ".old")
+    if not path.exists() and old.exists():
+        old.rename(path)
+    return path
 
 
 def load_checkpoint(path: Path) -> Any:
@@ -105,14 +125,15 @@ def load_checkpoint(path: Path) -> Any:
 
     try:
         meta = torch.load(path / STATE, map_location="cpu", weights_only=True)
+        weights = load_file(str(path / WEIGHTS))
     except Exception as exc:
         raise StudyError(
-            f"{path / STATE}: cannot be read safely ({type(exc).__name__}); delete the candidate folder to start over"
+            f"{path}: cannot be read safely ({type(exc).__name__}); delete the candidate folder to start over"
         ) from None
     return TrainState(
         epoch=int(meta["epoch"]),
         step=int(meta["step"]),
-        model=load_file(str(path / WEIGHTS)),
+        model=weights,
         optimizer=meta["optimizer"],
         scheduler=meta["scheduler"],
         rng=meta["rng"],
@@ -170,7 +191,9 @@ def promote_best(
             cfg = candidate_config(spec, trial.params, epochs=promote_epochs, seed=seed)
             data = load_task_data(cfg.data, spec.dir, cache_dir=spec.dir / ".cache")
             state = None
-            if resume and (cand.dir / "last" / STATE).exists():
+            if resume:
+                recover_dir(cand.dir / "best")
+            if resume and (recover_dir(cand.dir / "last") / STATE).exists():
                 state = load_checkpoint(cand.dir / "last")
             elif cand.dir.exists() and not resume:
                 shutil.rmtree(cand.dir)
@@ -205,7 +228,11 @@ def promote_best(
     test = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in scores.items()}
     test["beam_size"] = beam
     fidelity, note = _fidelity(candidates, seeds)
-    _write_outputs(out, spec, study, winner, candidates, cfg, data, test, hyps, fidelity, note)
+    # the architecture of the model just tested (a t5's config, its sign encoder's shape), not
+    # re-read from source folders that may have changed since training
+    arch_fn: Any = getattr(model, "architecture", None)
+    arch = arch_fn() if callable(arch_fn) else None
+    _write_outputs(out, spec, study, winner, candidates, cfg, data, test, hyps, fidelity, note, arch)
     result = PromoteResult(out, winner, candidates, test, fidelity, note)
     if spec.tracking.enabled:
         log_promotion(spec, result)
@@ -273,9 +300,7 @@ def _train_candidate(
     crash_after = kill_after_epoch()
 
     def checkpoint(st: Any) -> None:
-        save_checkpoint(cand.dir / "last", st)
-        if crash_after == st.epoch:  # test-only: a crash right after a checkpoint
-            os.kill(os.getpid(), 9)
+        # best/ before last/: whenever last/ says epoch k, best/ holds the best of epochs 1..k.
         current = st.history[-1]["val_bleu"]
         if current > best_value[0]:
             best_value[0] = current
@@ -283,6 +308,9 @@ def _train_candidate(
             save_checkpoint(cand.dir / "best", st)
         else:
             stale[0] += 1
+        save_checkpoint(cand.dir / "last", st)
+        if crash_after == st.epoch:  # test-only: a crash right after a checkpoint
+            os.kill(os.getpid(), 9)
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         if on_epoch is not None:
@@ -366,15 +394,13 @@ def _write_outputs(
     hyps: list[str],
     fidelity: float | None,
     note: str,
+    architecture: dict[str, Any] | None,
 ) -> None:
-
-    from signtune.models import model_architecture
-
     shutil.copyfile(winner.dir / "best" / WEIGHTS, out / WEIGHTS)
     model_cfg = {
         "family": cfg.model.family,
         # a t5's own config (and its sign encoder's shape): load_promoted rebuilds it from these alone
-        "architecture": model_architecture(cfg.model, base_dir=spec.dir),
+        "architecture": architecture,
         "feature_dim": data.feature_dim,
         "vocab_size": data.tokenizer.vocab_size,
         "model": dataclasses.asdict(cfg.model),
@@ -469,9 +495,7 @@ def save_tensors(path: Path, tensors: Mapping[str, Any], *, epoch: int, metrics:
     tmp.mkdir(parents=True)
     meta = {"epoch": str(int(epoch)), "metrics": json.dumps({k: float(v) for k, v in metrics.items()})}
     save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS), meta)
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
+    commit_dir(tmp, path)
 
 
 def load_tensors(path: Path) -> Resume:
@@ -510,14 +534,15 @@ class _Checkpointer:
             raise ValueError(
                 f"ctx.checkpoint({epoch}, ...) got metrics {sorted(metrics)} but the objective is {self.metric!r}"
             )
-        save_tensors(self.dir / "last", tensors, epoch=epoch, metrics=metrics)
-        self.calls += 1
-        if self.crash_after == epoch:  # test-only: a crash right after a checkpoint
-            os.kill(os.getpid(), 9)
+        # best/ before last/: whenever last/ says epoch k, best/ holds the best of epochs 1..k.
         value = float(metrics[self.metric])
         if math.isfinite(value) and self.better(value):
             self.best = value
             save_tensors(self.dir / "best", tensors, epoch=epoch, metrics=metrics)
+        save_tensors(self.dir / "last", tensors, epoch=epoch, metrics=metrics)
+        self.calls += 1
+        if self.crash_after == epoch:  # test-only: a crash right after a checkpoint
+            os.kill(os.getpid(), 9)
 
 
 def plugin_config(spec: StudySpec, params: dict[str, Any], *, epochs: int | None, seed: int) -> dict[str, Any]:
@@ -563,7 +588,10 @@ def _promote_plugin(
             cand.dir = out / "candidates" / f"trial-{trial.number}-seed-{seed}"
             config = plugin_config(spec, dict(trial.params), epochs=epochs, seed=seed)
             configs[cand.dir.name] = config
-            state = load_tensors(cand.dir / "last") if resume and (cand.dir / "last" / WEIGHTS).is_file() else None
+            if resume:
+                recover_dir(cand.dir / "best")
+            last = recover_dir(cand.dir / "last")
+            state = load_tensors(last) if resume and (last / WEIGHTS).is_file() else None
             if state is None and cand.dir.exists():
                 shutil.rmtree(cand.dir)
             best = load_tensors(cand.dir / "best").metrics.get(metric) if state is not None else None
@@ -597,7 +625,16 @@ def _promote_plugin(
     shutil.copyfile(winner.dir / "best" / WEIGHTS, out / WEIGHTS)
     best_epoch = load_tensors(winner.dir / "best").epoch
     (out / "config.json").write_text(
-        json.dumps({"task": spec.task, "metric": metric, "best_epoch": best_epoch, "config": config}, indent=2) + "\n"
+        json.dumps(
+            {
+                "task": spec.task,
+                "metric": metric,
+                "best_epoch": best_epoch,
+                "config": {k: mask_url(v) if isinstance(v, str) else v for k, v in config.items()},
+            },
+            indent=2,
+        )
+        + "\n"
     )
     metrics = {
         "metric": metric,
@@ -632,7 +669,7 @@ def _run_plugin(
     on_epoch: Callable[[str, int, dict[str, float]], None] | None,
 ) -> None:
     """One candidate's training; ``report`` stops it after ``patience`` epochs without improvement."""
-    from signtune.errors import SigntuneError, StopTrial
+    from signtune.errors import StopTrial
 
     metric, maximize = spec.objective.metric, spec.objective.direction == "maximize"
     best: list[float | None] = [hook.best]
@@ -712,7 +749,9 @@ def load_promoted(model_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
             architecture=meta.get("architecture"),
         )
         model.load_state_dict(load_file(str(weights)))
-    except (KeyError, TypeError, ValueError, RuntimeError, OSError) as exc:
+    except SigntuneError:
+        raise
+    except Exception as exc:  # a damaged or mismatched file (safetensors' errors included)
         raise DataError(
             Problem(
                 str(model_dir),

@@ -36,7 +36,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _STARTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 MAX_CONSECUTIVE_FAILURES = 5
 POLL_S = 0.5
-ORPHAN_GRACE_S = 5.0  # how long a RUNNING trial may go without naming its worker (see reap_dead)
+ORPHAN_AGE_S = 20.0  # how long a RUNNING trial may go without naming its worker (see reap_dead)
 WORKER_GAVE_UP = 3  # exit code of a worker that stopped after too many failures in a row
 
 
@@ -366,17 +366,23 @@ def host_id() -> str:
 
 
 def reap_dead(spec: StudySpec, study: optuna.Study, pids: set[int], *, reason: str = "worker_died") -> list[int]:
-    """Fail the RUNNING trials of dead local worker processes and re-queue their params once."""
+    """Fail the RUNNING trials of dead local worker processes and re-queue their params once.
+
+    Also fails orphans: trials that never named a worker, ``ORPHAN_AGE_S`` after they started.
+    """
     host = host_id()
     noticed = datetime.datetime.now()
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     mine = [t for t in running if t.user_attrs.get("pid") in pids and t.user_attrs.get("host", host) == host]
     # A worker that died between creating a trial and recording its pid (a storage outage in
-    # that instant) leaves a RUNNING trial that names no owner. A live worker names itself
-    # within milliseconds of creating its trial, so one still unnamed after the grace is an orphan.
-    unnamed = [t.number for t in running if "pid" not in t.user_attrs]
+    # that instant) leaves a RUNNING trial that names no owner. A live worker names itself as
+    # the first thing its objective does, right after Optuna's ask(); a trial still unnamed
+    # ORPHAN_AGE_S after it started is an orphan. Wait until the unnamed ones are that old.
+    unnamed = {t.number: t.datetime_start or noticed for t in running if "pid" not in t.user_attrs}
     if unnamed:
-        time.sleep(ORPHAN_GRACE_S)
+        wait = (max(unnamed.values()) - datetime.datetime.now()).total_seconds() + ORPHAN_AGE_S
+        if wait > 0:
+            time.sleep(wait)
         mine += [
             t
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -537,16 +543,19 @@ def _supervise(
         procs[slot] = p
         envs[slot] = plan[slot]
 
-    for slot in range(len(plan)):
-        start(slot)
-    if isinstance(tracker, Tracker):  # while the workers import torch and load data
-        try:
-            tracker.ensure_study()
-        finally:
-            parent_box.value = (tracker.parent_run_id or "-").encode()
     dead_pids: set[int] = set()
     max_restarts = 3 * len(plan)
     try:
+        for slot in range(len(plan)):
+            start(slot)
+        if isinstance(tracker, Tracker):  # while the workers import torch and load data
+            try:
+                tracker.ensure_study()
+            except Exception:  # MLflow unreachable: stop the workers too (Ctrl-C is handled below)
+                _stop_workers(procs)
+                raise
+            finally:
+                parent_box.value = (tracker.parent_run_id or "-").encode()
         while procs:
             time.sleep(POLL_S)
             for slot, p in list(procs.items()):

@@ -113,7 +113,12 @@ class Sign2TextTask:
 
         self._spec = spec
         # A missing pretrained model or tokenizer stops the run here, before any trial.
-        check_model_files(spec.base.model, tokenizer=spec.base.data.tokenizer, base_dir=spec.dir)
+        check_model_files(
+            spec.base.model,
+            tokenizer=spec.base.data.tokenizer,
+            base_dir=spec.dir,
+            max_frames=spec.base.data.max_frames,
+        )
         ensure_spec_data(spec)
         data = load_task_data(self._data_cfg(spec.base, spec.budget.subset), spec.dir, cache_dir=spec.dir / ".cache")
         lengths = [f.shape[0] for f in data.train.features]

@@ -100,7 +100,8 @@ class Tracker:
         if self.parent_run_id is not None:
             return
         if self._study_run is not None:
-            self.start_study(**self._study_run)
+            study_run, self._study_run = self._study_run, None  # tried once: a failure is not retried
+            self.start_study(**study_run)
         elif self._parent_source is not None:
             self.parent_run_id = self._parent_source()
             self._parent_source = None

@@ -228,3 +228,31 @@ def test_feature_files_are_found_by_id(tmp_path: Path, nested: bool, suffix: str
         np.save(path, np.ones((3, 4), np.float32))
     assert resolve_feature_path(tmp_path / "features", clip_id) == path
     assert resolve_feature_path(tmp_path / "features", "-fZc293MpJk_1-1-rgb_front") is None
+
+
+TSV = {"format": "tsv", "id_column": "id", "text_column": "text"}
+
+
+def test_raw_tsv_keeps_quotes_as_text(tmp_path: Path) -> None:
+    # A hand-written TSV: a sentence may start with a quote, which must stay in the reference.
+    path = _write(tmp_path, "m.tsv", 'id\ttext\na\t"Hi," he said.\nb\tShe said "no.\nc\tPlain.\n')
+    assert [r.text for r in read_manifest(path, **TSV)] == ['"Hi," he said.', 'She said "no.', "Plain."]  # type: ignore[arg-type]
+
+
+def test_quoted_tsv_is_unquoted_and_an_unclosed_quote_is_a_row_problem(tmp_path: Path) -> None:
+    # Written by a CSV writer (quoted header): fields are unquoted; an unclosed quote that would
+    # swallow every later row is reported at its row, never a traceback.
+    good = _write(tmp_path, "q.tsv", '"id"\t"text"\n"a"\t"She said ""no""."\n')
+    assert read_manifest(good, **TSV)[0].text == 'She said "no".'  # type: ignore[arg-type]
+    bad = _write(tmp_path, "b.tsv", '"id"\t"text"\n"a"\t"fine"\n"b"\t"never closed\n' + "c\tx\n" * 3)
+    import csv
+
+    limit = csv.field_size_limit(20)  # the runaway field exceeds it at once
+    try:
+        scan = scan_manifest(bad, **TSV)  # type: ignore[arg-type]
+    finally:
+        csv.field_size_limit(limit)
+    assert [r.id for r in scan.rows] == ["a"]
+    (problem,) = scan.problems
+    assert problem.rule == "fields" and problem.row == 3
+    assert "cannot be parsed" in problem.problem.message and "quote" in problem.problem.fix

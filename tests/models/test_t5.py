@@ -267,3 +267,23 @@ def test_saved_tokenizers_read_back_as_their_kind(tokenizer: PretrainedTokenizer
     again = load_saved_tokenizer(out)
     assert isinstance(again, Tokenizer) and special_ids(again) == WORD_LEVEL
     assert again.decode(again.encode(TEXTS[0])) == TEXTS[0]
+
+
+def test_sign_encoder_positions_must_fit_max_frames(t5_dir: Path, tmp_path: Path) -> None:
+    enc_dir = save_sign_encoder(tmp_path / "promoted", feature_dim=D)  # max_positions 1024 (the default)
+    cfg = ModelConfig(family="t5", pretrained=str(t5_dir), sign_encoder=str(enc_dir))
+    check_model_files(cfg, tokenizer=str(t5_dir), base_dir=None, max_frames=1024)
+    with pytest.raises(ConfigError) as info:
+        check_model_files(cfg, tokenizer=str(t5_dir), base_dir=None, max_frames=2048)
+    (problem,) = info.value.problems
+    assert problem.where == "data.max_frames / model.sign_encoder"
+    assert "2048 frames" in problem.message and "1024 positions" in problem.message
+    assert problem.fix.startswith("set data.max_frames to 1024 or less")
+
+
+def test_damaged_sign_encoder_weights_are_a_clear_error(t5_dir: Path, tmp_path: Path) -> None:
+    enc_dir = save_sign_encoder(tmp_path / "promoted", feature_dim=D)
+    weights = enc_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a truncated copy: safetensors' own error type
+    with pytest.raises(ConfigError, match=r"model\.sign_encoder.*is not a readable promoted model"):
+        build(t5_dir, sign_encoder=str(enc_dir))

@@ -15,7 +15,7 @@ from signtune import runner
 def test_reap_fails_named_and_orphaned_trials_and_spares_live_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runner, "ORPHAN_GRACE_S", 0.05)
+    monkeypatch.setattr(runner, "ORPHAN_AGE_S", 0.05)
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(study_name="s", storage=url)
     spec = types.SimpleNamespace(storage=url)

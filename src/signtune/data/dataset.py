@@ -301,6 +301,8 @@ def _ensure_pack(
 
 def _packed_splits(manifests: list[_Manifest], features_dir: Path, cfg: DataConfig, cache_dir: Path) -> list[Split]:
     pack, _ = _ensure_pack(manifests, features_dir, cfg, cache_dir)
+    for old in [k for k in _CACHE if k[0] == "pack" and k[1] == str(pack.folder) and k[2] != pack.token]:
+        del _CACHE[old]  # views of a rebuilt pack's old file: let its (deleted) frames be unmapped
     out: list[Split] = []
     for name, _path, rows in manifests:
         ids, texts = tuple(r.id for r in rows), tuple(r.text for r in rows)

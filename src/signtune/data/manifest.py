@@ -173,9 +173,11 @@ def scan_manifest(path: Path, *, format: Format, id_column: str, text_column: st
     header_line = lines[0]
     if format == "tsv" and path.suffix.lower() == ".csv" and "\t" not in header_line:
         reader = csv.reader(lines, delimiter=",")
-    elif format == "how2sign":
+    elif format == "how2sign" or not header_line.lstrip().startswith('"'):
+        # Tab-separated text is raw (How2Sign's sentences hold quotes): a quote is just a
+        # character, never the start of a field that may run over lines and swallow rows.
         reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
-    else:
+    else:  # a quoted header: written by a CSV writer (e.g. pandas) that quotes fields
         reader = csv.reader(lines, delimiter="\t")
 
     header = [c.strip() for c in next(reader)]
@@ -187,7 +189,19 @@ def scan_manifest(path: Path, *, format: Format, id_column: str, text_column: st
     rows: list[ManifestRow] = []
     problems: list[RowProblem] = []
     line_no = reader.line_num  # lines consumed so far; a record starts on the next one
-    for record in reader:
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # e.g. a quote opened and never closed, running to the end
+            where = Problem(
+                f"{path}: row {line_no + 1}",
+                f"cannot be parsed ({exc}); the rows from here on were not read",
+                'close the quoted field, or write a quote inside a quoted field as ""',
+            )
+            problems.append(RowProblem("fields", where, line_no + 1))
+            break
         start, line_no = line_no + 1, reader.line_num
         if not record or all(not c.strip() for c in record):
             continue

@@ -354,7 +354,7 @@ def load_pretrained_tokenizer(name: str, *, base_dir: Path | None, lowercase: bo
         )
     try:
         fast = _read_fast_tokenizer(source)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # tokenizers raises plain Exception for a damaged tokenizer.json
         raise ConfigError(
             Problem("data.tokenizer", f"cannot read the tokenizer at {source} ({exc})", SAVE_HINT)
         ) from None
@@ -371,7 +371,7 @@ def load_saved_tokenizer(path: Path) -> Tokenizer | PretrainedTokenizer:
     if (path.parent / "tokenizer_config.json").is_file():
         try:
             return PretrainedTokenizer(_read_fast_tokenizer(str(path.parent)), where=str(path.parent))
-        except (OSError, ValueError, ConfigError) as exc:
+        except Exception as exc:  # ConfigError, or a damaged file
             raise DataError(
                 Problem(
                     str(path.parent), f"cannot be read as a tokenizer folder ({exc})", "re-run the step that wrote it"

@@ -158,13 +158,16 @@ def build_model(
     )
 
 
-def check_model_files(cfg: ModelConfig, *, tokenizer: str, base_dir: Path | None) -> None:
+def check_model_files(
+    cfg: ModelConfig, *, tokenizer: str, base_dir: Path | None, max_frames: int | None = None
+) -> None:
     """Check the config and the files the model reads, without loading weights (a study's start).
 
     Args:
         cfg: the ``model`` section.
         tokenizer: ``data.tokenizer`` (a t5 needs its own).
         base_dir: the study directory.
+        max_frames: ``data.max_frames``; a pretrained sign encoder must have as many positions.
 
     Raises:
         ConfigError: every problem at once, each naming the key, the path looked at and the fix.
@@ -173,7 +176,7 @@ def check_model_files(cfg: ModelConfig, *, tokenizer: str, base_dir: Path | None
     if cfg.family == "t5":
         from signtune.models import t5
 
-        problems += t5.check_files(cfg, tokenizer=tokenizer, base_dir=base_dir)
+        problems += t5.check_files(cfg, tokenizer=tokenizer, base_dir=base_dir, max_frames=max_frames)
     if problems:
         raise ConfigError(problems)
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from signtune.config import ModelConfig
 from signtune.data.tokenizer import hf_cache_dir, local_hf_source
 from signtune.data.types import SpecialIds
-from signtune.errors import ConfigError, Problem
+from signtune.errors import ConfigError, Problem, SigntuneError
 from signtune.models.base import SignModel
 from signtune.models.transformer import SignTransformer
 
@@ -211,8 +211,13 @@ def _folder(name: str, base_dir: Path | None) -> Path:
     return path if path.is_absolute() else ((base_dir if base_dir is not None else Path.cwd()) / path).absolute()
 
 
-def check_files(cfg: ModelConfig, *, tokenizer: str, base_dir: Path | None) -> list[Problem]:
-    """Cheap checks of the files a t5 model needs (no weights are read), for ``study run``'s start."""
+def check_files(
+    cfg: ModelConfig, *, tokenizer: str, base_dir: Path | None, max_frames: int | None = None
+) -> list[Problem]:
+    """Cheap checks of the files a t5 model needs (no weights are read), for ``study run``'s start.
+
+    ``max_frames`` (``data.max_frames``) must fit the sign encoder's positions, when there is one.
+    """
     problems: list[Problem] = []
     if cfg.pretrained:  # empty: ``build_model``'s own check says so
         source, folder = local_hf_source(cfg.pretrained, base_dir, "config.json")
@@ -233,6 +238,21 @@ def check_files(cfg: ModelConfig, *, tokenizer: str, base_dir: Path | None) -> l
         missing = [f for f in ("config.json", WEIGHTS) if not (folder / f).is_file()]
         if missing:
             problems.append(Problem("model.sign_encoder", f"{folder} has no {' or '.join(missing)}", PROMOTED))
+        elif max_frames is not None:
+            try:
+                positions = int(json.loads((folder / "config.json").read_text())["model"]["max_positions"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                problems.append(Problem("model.sign_encoder", f"{folder}/config.json is unreadable ({exc})", PROMOTED))
+            else:
+                if max_frames > positions:
+                    problems.append(
+                        Problem(
+                            "data.max_frames / model.sign_encoder",
+                            f"clips of up to {max_frames} frames (data.max_frames) do not fit the sign encoder "
+                            f"in {folder}, which has {positions} positions",
+                            f"set data.max_frames to {positions} or less, or use a sign encoder with more positions",
+                        )
+                    )
     return problems
 
 
@@ -297,7 +317,9 @@ def load_t5(
         t5 = transformers.T5ForConditionalGeneration.from_pretrained(
             source, local_files_only=True, use_safetensors=True, dtype=torch.float32, dropout_rate=cfg.dropout
         )
-    except (OSError, ValueError) as exc:
+    except SigntuneError:
+        raise
+    except Exception as exc:  # OSError, ValueError, safetensors' errors, size mismatches
         if Path(source).is_dir() and not _has_safetensors(Path(source)):
             raise ConfigError(_no_safetensors(Path(source))) from None
         raise ConfigError(Problem("model.pretrained", f"cannot load a T5 from {source} ({exc})", SAVE_T5)) from None
@@ -380,7 +402,9 @@ def load_sign_encoder(name: str, *, base_dir: Path | None, feature_dim: int) -> 
         shape = {"model": meta["model"], "feature_dim": int(meta["feature_dim"]), "vocab_size": int(meta["vocab_size"])}
         net = _sign_transformer(shape)
         net.load_state_dict(load_file(str(folder / WEIGHTS)))
-    except (KeyError, TypeError, ValueError, RuntimeError, OSError) as exc:
+    except SigntuneError:
+        raise
+    except Exception as exc:  # a damaged or mismatched file (safetensors' errors included)
         raise ConfigError(
             Problem(
                 "model.sign_encoder",
