@@ -37,6 +37,7 @@ _STARTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.
 MAX_CONSECUTIVE_FAILURES = 5
 POLL_S = 0.5
 ORPHAN_AGE_S = 20.0  # how long a RUNNING trial may go without naming its worker (see reap_dead)
+INTERRUPT_ORPHAN_AGE_S = 2.0  # the same after Ctrl-C, once every local worker has stopped
 WORKER_GAVE_UP = 3  # exit code of a worker that stopped after too many failures in a row
 
 
@@ -365,7 +366,14 @@ def host_id() -> str:
     return os.environ.get("SIGNTUNE_HOST") or socket.gethostname()
 
 
-def reap_dead(spec: StudySpec, study: optuna.Study, pids: set[int], *, reason: str = "worker_died") -> list[int]:
+def reap_dead(
+    spec: StudySpec,
+    study: optuna.Study,
+    pids: set[int],
+    *,
+    reason: str = "worker_died",
+    orphan_age_s: float | None = None,
+) -> list[int]:
     """Fail the RUNNING trials of dead local worker processes and re-queue their params once.
 
     Also fails orphans: trials that never named a worker, ``ORPHAN_AGE_S`` after they started.
@@ -380,7 +388,8 @@ def reap_dead(spec: StudySpec, study: optuna.Study, pids: set[int], *, reason: s
     # ORPHAN_AGE_S after it started is an orphan. Wait until the unnamed ones are that old.
     unnamed = {t.number: t.datetime_start or noticed for t in running if "pid" not in t.user_attrs}
     if unnamed:
-        wait = (max(unnamed.values()) - datetime.datetime.now()).total_seconds() + ORPHAN_AGE_S
+        age = ORPHAN_AGE_S if orphan_age_s is None else orphan_age_s
+        wait = (max(unnamed.values()) - datetime.datetime.now()).total_seconds() + age
         if wait > 0:
             time.sleep(wait)
         mine += [
@@ -603,7 +612,10 @@ def _supervise(
                 )
     except KeyboardInterrupt:
         _stop_workers(procs)
-        reap_dead(spec, study, {p.pid for p in procs.values()} | dead_pids, reason="interrupted")
+        # Every local worker has stopped: an unnamed trial a moment old is one they left (killed
+        # inside Optuna's ask()), so Ctrl-C need not wait the full orphan age.
+        pids = {p.pid for p in procs.values()} | dead_pids
+        reap_dead(spec, study, pids, reason="interrupted", orphan_age_s=INTERRUPT_ORPHAN_AGE_S)
         raise
     trials = study.get_trials(deepcopy=False, states=_STARTED)
     summary.started = len(trials) - started_before

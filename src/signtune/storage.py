@@ -84,7 +84,14 @@ def _prepare_sqlite(url: str) -> None:
         con.close()
 
 
-TRANSIENT = ("database is locked", "already exists", "could not connect", "connection refused", "server closed")
+TRANSIENT = (
+    "database is locked",
+    "already exists",
+    "unique constraint failed: alembic_version",  # two processes stamping a new schema at once
+    "could not connect",
+    "connection refused",
+    "server closed",
+)
 
 
 def _with_retry(make: Callable[[], T], attempts: int = 6) -> T:
