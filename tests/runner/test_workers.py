@@ -96,7 +96,9 @@ def test_sigkilled_worker_is_requeued(fast_project: Path) -> None:
 def test_sigint_leaves_no_running_trial_and_resumes(fast_project: Path) -> None:
     url = "sqlite:///studies/fast/study.db"
     name = unique_name()
-    _write(fast_project, fast_spec(trials=8, storage=url, delay=0.3), name)
+    # Enough work (16 trials of about 1 s on 2 workers) that Ctrl-C lands mid-study even when
+    # the first running trial is seen late.
+    _write(fast_project, fast_spec(trials=16, storage=url, delay=0.3), name)
     proc = subprocess.Popen(
         study_cmd("run", "--study", "fast", "--workers", "2", cwd=fast_project),
         cwd=fast_project,
@@ -120,7 +122,7 @@ def test_sigint_leaves_no_running_trial_and_resumes(fast_project: Path) -> None:
     res = run_study("run", "--study", "fast", "--workers", "2", cwd=fast_project)
     assert res.returncode == 0, res.stderr
     study = _load(name, url)
-    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 8
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 16
 
 
 def test_two_hosts_share_a_study(fast_project: Path, storage_url: str) -> None:
