@@ -105,6 +105,9 @@ def test_sigint_leaves_no_running_trial_and_resumes(fast_project: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A test run launched in the background (`cmd &` in a script) inherits SIGINT ignored,
+        # and Python then keeps ignoring it: give `study run` the terminal's default, as a user has.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         _wait_running(name, url)
