@@ -84,6 +84,17 @@ def test_pack_store(results: dict[str, Any]) -> None:
     results["pack"] = r
 
 
+def test_scaling(data: Path, results: dict[str, Any]) -> None:
+    from benchmarks import scaling
+
+    r = scaling.main(["--trials", "2", "--epochs", "1", "--subset", "0.05", "--data", str(data)])
+    assert r["same_configs"], "every variant must train the same configs"
+    assert set(r["medians"]) == set(scaling.VARIANTS)
+    assert all(run["finished"] == 2 and run["failed"] == 0 for runs in r["runs"].values() for run in runs)
+    assert r["runs"]["2 workers x 1 thread"][0]["workers"] == 2
+    results["scaling"] = r
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Optuna's importances on one trial, in the study export
 def test_tuning_efficiency(data: Path, tmp_path: Path, results: dict[str, Any]) -> None:
     from benchmarks import tuning_efficiency
@@ -120,7 +131,7 @@ def test_results_md_renders(data: Path, results: dict[str, Any]) -> None:
     from benchmarks.__main__ import render
     from benchmarks.common import machine
 
-    if len(results) < 6:
+    if len(results) < 7:
         pytest.skip("needs every benchmark's result from the tests above")
     text = render(results, machine(), 1.0, data, {"storage_command": "x", "durations": {"x": 1.0}})
     for heading in (
@@ -132,6 +143,7 @@ def test_results_md_renders(data: Path, results: dict[str, Any]) -> None:
         "## 4. Storage",
         "## 5. Tuning",
         "## 6. Packed feature store",
+        "## 7. Scaling",
     ):
         assert heading in text
     assert "MET" in text and str(data) not in text
