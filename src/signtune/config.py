@@ -111,7 +111,14 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Validation decoding and scoring (sacrebleu corpus BLEU-4 on the whole split)."""
+    """Validation decoding and scoring (sacrebleu corpus BLEU-4 on the whole split).
+
+    ``max_len`` is the most tokens decoded per sentence (EOS included). The per-epoch validation
+    inside ``fit`` decodes at most the longest training target plus a quarter (at least 4
+    tokens) plus EOS, when that is less: a model cannot have learned to write longer sentences
+    than it was trained on, and an undertrained one that never emits EOS would otherwise
+    decode to ``max_len`` every epoch. Test scoring and translation use ``max_len`` as it is.
+    """
 
     max_len: int = 64
     beam_size: int = 1

@@ -20,7 +20,7 @@ from signtune.config import (
 from signtune.data.types import Split, TaskData
 from signtune.errors import ConfigError, Diverged, StopTrial
 from signtune.models import SignTransformer, build_model
-from signtune.train.loop import FitResult, evaluate, fit, resolve_device
+from signtune.train.loop import FitResult, evaluate, fit, resolve_device, validation_max_len
 
 KEYS = {"train_loss", "val_bleu", "val_chrf", "lr", "epoch_time_s", "eval_time_s"}
 
@@ -184,3 +184,46 @@ def test_fit_with_the_real_batcher(toy_data: TaskData) -> None:
     result = fit(toy_cfg(epochs=1), toy_data)
     assert set(result.history[0]) == KEYS | {"epoch"}
     assert math.isfinite(result.history[0]["train_loss"])
+
+
+def _split_with_targets(lengths: list[int]) -> Split:
+    return Split(
+        "train",
+        [f"s{i}" for i in range(len(lengths))],
+        ["x"] * len(lengths),
+        [np.zeros((4, 2), dtype=np.float32)] * len(lengths),
+        [[5] * n for n in lengths],
+    )
+
+
+@pytest.mark.parametrize(
+    ("lengths", "max_len", "expected"),
+    [
+        ([3, 13], 32, 18),  # 13 tokens + 4 spare + EOS
+        ([3, 13], 10, 10),  # eval.max_len stays the hard cap
+        ([40], 128, 51),  # 40 + a quarter (10) + EOS
+        ([], 32, 32),  # no targets: nothing to go by
+    ],
+)
+def test_validation_max_len_follows_the_training_targets(lengths: list[int], max_len: int, expected: int) -> None:
+    assert validation_max_len(EvalConfig(max_len=max_len), _split_with_targets(lengths)) == expected
+
+
+@pytest.mark.usefixtures("toy_batching")
+def test_fit_validates_at_the_capped_length_and_tests_keep_max_len(
+    toy_data: TaskData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signtune.train.loop as loop
+
+    seen: list[int] = []
+    real = loop.evaluate
+
+    def spy(model, split, tokenizer, cfg, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(cfg.max_len)
+        return real(model, split, tokenizer, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate", spy)
+    cfg = dataclasses.replace(toy_cfg(epochs=2), eval=EvalConfig(max_len=60, batch_size=16))
+    longest = max(len(t) for t in toy_data.train.token_ids)
+    fit(cfg, toy_data)
+    assert seen == [longest + max(4, longest // 4) + 1] * 2 and seen[0] < 60

@@ -8,6 +8,7 @@ foreach (CPU) or fused (CUDA), and bf16 autocast is used on CUDA only.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -107,6 +108,20 @@ def _autocast(device: torch.device, amp: bool) -> AbstractContextManager[object]
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def validation_max_len(cfg: EvalConfig, train: Split) -> int:
+    """Decoding length for per-epoch validation: ``cfg.max_len``, or less for short targets.
+
+    The longest training target plus a quarter of it (at least 4 tokens) plus EOS, capped by
+    ``cfg.max_len``: past that length a model writes what it was never trained to write, so
+    the tokens would only cost time (an undertrained model that never emits EOS decodes to
+    the cap every epoch).
+    """
+    longest = max((len(ids) for ids in train.token_ids), default=0)
+    if longest == 0:
+        return cfg.max_len
+    return min(cfg.max_len, longest + max(4, longest // 4) + 1)
 
 
 def frozen_at_start(model: SignModel, cfg: ModelConfig) -> list[nn.Module]:
@@ -217,6 +232,7 @@ def fit(
         min_lr_ratio=cfg.schedule.min_lr_ratio,
     )
 
+    val_cfg = dataclasses.replace(cfg.eval, max_len=validation_max_len(cfg.eval, data.train))
     history: list[dict[str, float]] = []
     best: dict[str, float] = {}
     bleu_signature = ""
@@ -275,13 +291,14 @@ def fit(
         epoch_time = time.perf_counter() - epoch_started
 
         # Validation uses greedy decoding whatever eval.beam_size says: it runs every epoch
-        # of every trial, where beam search would cost several times more.
+        # of every trial, where beam search would cost several times more. Its length is
+        # capped by the training targets' (validation_max_len).
         eval_started = time.perf_counter()
         scores, _ = evaluate(
             model,
             data.val,
             data.tokenizer,
-            cfg.eval,
+            val_cfg,
             device,
             beam_size=1,
             amp=amp,
