@@ -200,8 +200,18 @@ def run(
         problems.append(Problem("--workers", f"must be >= 1, but got {workers}", "e.g. --workers 2"))
     if workers_per_gpu < 1:
         problems.append(Problem("--workers-per-gpu", f"must be >= 1, but got {workers_per_gpu}", "e.g. 2"))
+    if gpu_list and workers > 1:
+        problems.append(
+            Problem(
+                "--workers",
+                f"counts CPU workers, but --gpus was given too (--workers {workers})",
+                f"with GPUs, set the workers per GPU: --gpus {gpus} --workers-per-gpu {workers}",
+            )
+        )
     if problems:
         raise ConfigError(problems)
+    if gpu_list is None and workers > 1:
+        _note_idle_gpus(workers)
     spec, space, task = _load(study, overrides)
     t0 = time.perf_counter()
     with err.status("Preparing data (generated on first use, then cached)..."):
@@ -260,6 +270,19 @@ def run(
             f"{summary.finished}/{summary.total} finished; run again to continue."
         )
     out.print(f"Ran {summary.started} trial(s) in {summary.wall_time_s:.1f}s. Exports: {spec.dir / 'export'}")
+
+
+def _note_idle_gpus(workers: int) -> None:
+    """``--workers K`` starts CPU workers; say so when GPUs sit idle beside them."""
+    import torch
+
+    n = torch.cuda.device_count()  # NVML: no CUDA context in the supervisor
+    if n:
+        err.print(
+            f"[yellow]Note:[/] --workers {workers} starts CPU workers; {n} GPU(s) are visible and stay idle. "
+            f"To train on them: --gpus all --workers-per-gpu {max(1, workers // n)}",
+            highlight=False,
+        )
 
 
 def _parse_gpus(gpus: str | None) -> list[int] | None:
@@ -716,7 +739,14 @@ def translate(
     net.to(dev)
     eval_cfg = EvalConfig(**meta["eval"])
     hyps = translate_clips(
-        net, clips, tokenizer, eval_cfg, dev, beam_size=beam, max_frames=int(meta["data"]["max_frames"])
+        net,
+        clips,
+        tokenizer,
+        eval_cfg,
+        dev,
+        beam_size=beam,
+        amp=bool(meta.get("run", {}).get("amp", True)),  # bf16 on CUDA, as in training; nothing on CPU
+        max_frames=int(meta["data"]["max_frames"]),
     )
     if out_file is not None and out_file.suffix == ".json":
         out_file.write_text(

@@ -48,6 +48,10 @@ class StudyError(SigntuneError):
     """The study or its storage is not in a state the command can work with."""
 
 
+class DeviceLost(StudyError):
+    """A trial hit a CUDA error that leaves the process's CUDA context unusable (not an OOM)."""
+
+
 class StopTrial(Exception):
     """Raised inside a trial to end it early without it counting as a crash.
 

@@ -27,7 +27,13 @@ EpochCallback = Callable[[int, int, dict[str, float]], None]
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``.
+
+    A worker pinned to one GPU (``--gpus``) sees only that GPU, as device 0, so a ``cuda:N``
+    from the spec means its own GPU there.
+    """
+    if name.startswith("cuda") and os.environ.get("SIGNTUNE_GPU"):
+        return "cuda"
     if name != "auto":
         return name
     import torch
@@ -157,9 +163,9 @@ class Objective:
             finish("failed", "data" if isinstance(exc, DataError) else "error", error=str(exc)[:2000])
             raise
         except Exception as exc:
+            # The memory the trial held is released by the worker loop once this frame and
+            # Optuna's are gone: here the traceback still holds the model and its tensors.
             reason = _failure_reason(exc)
-            if reason == "oom":
-                free_accelerator_memory()
             finish(
                 "failed",
                 reason,
@@ -231,7 +237,8 @@ class Watchdog:
 
 
 def halve_batch(cfg: Any) -> Any:
-    """The OOM retry's config: half the batch size, twice the gradient accumulation."""
+    """The OOM retry's config: half the batch size, twice the gradient accumulation (the same
+    effective batch), and half the validation batch (validation can be the memory peak)."""
     import dataclasses
 
     if isinstance(cfg, dict):
@@ -239,36 +246,59 @@ def halve_batch(cfg: Any) -> Any:
         if "data.batch_size" in out:
             out["data.batch_size"] = max(1, int(out["data.batch_size"]) // 2)
             out["optim.grad_accum"] = int(out.get("optim.grad_accum", 1)) * 2
+        if "eval.batch_size" in out:
+            out["eval.batch_size"] = max(1, int(out["eval.batch_size"]) // 2)
         return out
     data = dataclasses.replace(cfg.data, batch_size=max(1, cfg.data.batch_size // 2))
     optim = dataclasses.replace(cfg.optim, grad_accum=cfg.optim.grad_accum * 2)
-    return dataclasses.replace(cfg, data=data, optim=optim)
+    evaluation = dataclasses.replace(cfg.eval, batch_size=max(1, cfg.eval.batch_size // 2))
+    return dataclasses.replace(cfg, data=data, optim=optim, eval=evaluation)
+
+
+BATCH_KEYS = ("data.batch_size", "optim.grad_accum", "eval.batch_size")
 
 
 def _batch_settings(cfg: Any) -> dict[str, Any]:
     if isinstance(cfg, dict):
-        return {k: cfg[k] for k in ("data.batch_size", "optim.grad_accum") if k in cfg}
-    return {"data.batch_size": cfg.data.batch_size, "optim.grad_accum": cfg.optim.grad_accum}
+        return {k: cfg[k] for k in BATCH_KEYS if k in cfg}
+    return {
+        "data.batch_size": cfg.data.batch_size,
+        "optim.grad_accum": cfg.optim.grad_accum,
+        "eval.batch_size": cfg.eval.batch_size,
+    }
 
 
-def free_accelerator_memory() -> None:
-    """Release what the failed trial held so the worker can carry on."""
+def free_accelerator_memory(*, collect: bool = True) -> None:
+    """Release what the last trial held so the next one starts with the device's memory free.
+
+    Call it after the trial's frames are gone (a traceback keeps the failed trial's model,
+    optimizer state and activations alive). ``collect`` runs the garbage collector first, for
+    the reference cycles an exception leaves; then CUDA's cached blocks go back to the device,
+    so workers sharing a GPU do not keep each other's peaks.
+    """
     import gc
+    import sys
 
-    gc.collect()
+    if collect:
+        gc.collect()
+    torch = sys.modules.get("torch")  # a plug-in that never imported torch has nothing to free
     try:
-        import torch
-
-        if torch.cuda.is_available():
+        if torch is not None and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
     except Exception:
         return
+
+
+# Errors after which CUDA cannot be used again in the process (the context is corrupted).
+CUDA_FATAL = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS_", "cuDNN error")
 
 
 def _failure_reason(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     if "OutOfMemoryError" in text or "out of memory" in text.lower():
         return "oom"
+    if any(marker in text for marker in CUDA_FATAL):
+        return "cuda_error"
     return "error"
 
 

@@ -86,6 +86,7 @@ def save_checkpoint(path: Path, state: Any) -> None:
             "optimizer": state.optimizer,
             "scheduler": state.scheduler,
             "rng": state.rng,
+            "cuda_rng": state.cuda_rng,
             "history": state.history,
             "best": state.best,
         },
@@ -139,6 +140,7 @@ def load_checkpoint(path: Path) -> Any:
         rng=meta["rng"],
         history=list(meta["history"]),
         best=dict(meta["best"]),
+        cuda_rng=list(meta.get("cuda_rng", [])),  # absent in CPU-era checkpoints
     )
 
 
@@ -223,7 +225,14 @@ def promote_best(
     model.to(device).eval()
     beam = int(spec.promote.get("beam_size", 5))
     scores, hyps = evaluate(
-        model, data.test, data.tokenizer, cfg.eval, device, beam_size=beam, max_frames=cfg.data.max_frames
+        model,
+        data.test,
+        data.tokenizer,
+        cfg.eval,
+        device,
+        beam_size=beam,
+        amp=cfg.run.amp,  # bf16 on CUDA, as the candidates were validated; nothing on CPU
+        max_frames=cfg.data.max_frames,
     )
     test = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in scores.items()}
     test["beam_size"] = beam

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from signtune.errors import ConfigError, StudyError
-from signtune.objective import EpochCallback, Objective
+from signtune.errors import ConfigError, DeviceLost, Problem, StudyError
+from signtune.objective import EpochCallback, Objective, free_accelerator_memory
 from signtune.space import SearchSpace, check_params
 from signtune.spec import StudySpec
 from signtune.storage import create_storage, mask_url
@@ -39,6 +39,7 @@ POLL_S = 0.5
 ORPHAN_AGE_S = 20.0  # how long a RUNNING trial may go without naming its worker (see reap_dead)
 INTERRUPT_ORPHAN_AGE_S = 2.0  # the same after Ctrl-C, once every local worker has stopped
 WORKER_GAVE_UP = 3  # exit code of a worker that stopped after too many failures in a row
+DEVICE_LOST = 4  # exit code of a worker whose CUDA context broke: the supervisor starts a fresh one
 
 
 @dataclass
@@ -263,10 +264,20 @@ def worker_loop(
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[lambda _s, t: last.append(t)])
         stats.started += 1
         trial = last[-1] if last else None
+        # The trial's frames are gone now, so what it held can be freed before the next one
+        # (an OOM retry needs the failed attempt's model and activations released first).
+        free_accelerator_memory(collect=trial is None or trial.state != TrialState.COMPLETE)
         if trial is not None and trial.state == TrialState.FAIL:
             stats.failed += 1
             budget.release()
             retry_once(study, trial)
+            if trial.user_attrs.get("reason") == "cuda_error":
+                # CUDA cannot recover in this process: every later trial here would fail too.
+                raise DeviceLost(
+                    f"trial {trial.number} hit an unrecoverable CUDA error, which leaves this process's GPU "
+                    f"unusable: {trial.user_attrs.get('error', '')}. Its params are queued again; run the same "
+                    "command to resume in a fresh process."
+                )
             consecutive_failures += 1
             if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
                 stats.stopped_by = "failures"
@@ -321,6 +332,8 @@ def _worker_main(
         stats = worker_loop(study, objective, SharedBudget(spec.budget.trials, claimed), deadline=deadline)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except DeviceLost:
+        raise SystemExit(DEVICE_LOST) from None  # the supervisor replaces this worker
     except StudyError:
         raise SystemExit(WORKER_GAVE_UP) from None
     raise SystemExit(0 if stats.stopped_by != "failures" else WORKER_GAVE_UP)
@@ -350,9 +363,30 @@ def make_tracker(spec: StudySpec, parent_run_id: str | None = None) -> Tracker |
 
 
 def plan_workers(workers: int, gpus: list[int] | None, workers_per_gpu: int) -> list[dict[str, str]]:
-    """One environment per worker: a GPU each (round robin), or a share of the CPU threads."""
+    """One environment per worker: a GPU each (round robin), or a share of the CPU threads.
+
+    GPU ids count the GPUs this process sees, as torch does: under ``CUDA_VISIBLE_DEVICES=2,3``,
+    ``--gpus 0`` is the device named ``2`` (a UUID or MIG name works the same way).
+
+    Raises:
+        ConfigError: a GPU id past the devices ``CUDA_VISIBLE_DEVICES`` makes visible.
+    """
     if gpus:
-        return [{"CUDA_VISIBLE_DEVICES": str(g), "SIGNTUNE_GPU": str(g)} for g in gpus for _ in range(workers_per_gpu)]
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        names = [v.strip() for v in visible.split(",") if v.strip()] if visible else None
+        if names is not None and max(gpus) >= len(names):
+            raise ConfigError(
+                Problem(
+                    "--gpus",
+                    f"asks for GPU {max(gpus)}, but CUDA_VISIBLE_DEVICES={visible} makes {len(names)} visible",
+                    f"use ids 0 to {len(names) - 1} (they count the visible GPUs), or --gpus all",
+                )
+            )
+        return [
+            {"CUDA_VISIBLE_DEVICES": names[g] if names else str(g), "SIGNTUNE_GPU": names[g] if names else str(g)}
+            for g in gpus
+            for _ in range(workers_per_gpu)
+        ]
     cores = os.cpu_count() or 1
     threads = max(1, cores // max(1, workers))
     return [
@@ -581,7 +615,8 @@ def _supervise(
                         f"worker {slot} stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row. "
                         f"Last error:\n{error}"
                     )
-                # Died without cleaning up (SIGKILL, OOM-kill, crash): fail its trial now,
+                # Died without cleaning up (SIGKILL, OOM-kill, crash) or lost its CUDA context
+                # (DEVICE_LOST, its trial already failed): fail its running trial now,
                 # give its slot back, and start a replacement if work remains.
                 dead_pids.add(p.pid)
                 reap_dead(spec, study, {p.pid})

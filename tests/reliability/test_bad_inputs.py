@@ -413,6 +413,10 @@ CASES: dict[str, Row] = {
     "flag-gpus-not-a-list": Row((*RUN, "--gpus", "x"), ("--gpus: must be 'all' or a comma-separated list",)),
     "flag-gpus-negative": Row((*RUN, "--gpus", "-1"), ("--gpus: must list GPU ids >= 0",)),
     "flag-gpus-all-without-cuda": Row((*RUN, "--gpus", "all"), ("--gpus all: no CUDA GPU is visible",)),
+    "flag-gpus-with-workers": Row(
+        (*RUN, "--gpus", "0", "--workers", "2"),
+        ("--workers: counts CPU workers, but --gpus was given", "--workers-per-gpu 2"),
+    ),
     "flag-set-not-key-value": Row((*TRAIN_CMD, "--set", "optim.lr"), ("--set optim.lr: must be KEY=VALUE",)),
     "flag-set-unknown-key": Row((*TRAIN_CMD, "--set", "optim.lrate=0.1"), ("--set: optim.lrate: is not a config key",)),
     "flag-set-wrong-type-with-password": Row(

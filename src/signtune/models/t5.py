@@ -165,7 +165,9 @@ class SignT5(SignModel):
 
     def encode(self, src: Tensor, src_mask: Tensor) -> Tensor:
         x = self.sign_encoder(src, src_mask) if self.sign_encoder is not None else src
-        out = self.t5.encoder(inputs_embeds=self.projection(x), attention_mask=src_mask.long())
+        # fp32 in, as token embeddings would be: under autocast the projection gives bf16, which
+        # would carry the encoder's whole residual stream in bf16.
+        out = self.t5.encoder(inputs_embeds=self.projection(x).float(), attention_mask=src_mask.long())
         memory: Tensor = out.last_hidden_state
         return memory
 

@@ -75,6 +75,8 @@ class TrainState:
     rng: torch.Tensor
     history: list[dict[str, float]]
     best: dict[str, float]
+    # One state per visible GPU: dropout on CUDA draws from these, not from ``rng``.
+    cuda_rng: list[torch.Tensor] = field(default_factory=list)
 
 
 def seed_everything(seed: int) -> None:
@@ -243,6 +245,8 @@ def fit(
         optimizer.load_state_dict(resume.optimizer)
         scheduler.load_state_dict(resume.scheduler)
         torch.set_rng_state(resume.rng)
+        if resume.cuda_rng and torch.cuda.is_available() and len(resume.cuda_rng) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(resume.cuda_rng)
         history, best, step = list(resume.history), dict(resume.best), resume.step
         first_epoch = resume.epoch + 1
     for epoch in range(first_epoch, cfg.run.epochs + 1):
@@ -275,6 +279,8 @@ def fit(
             # With accumulation, gradients of `accum` micro-batches add up before one step.
             (loss / accum if accum > 1 else loss).backward()
             loss_sum += loss.detach()
+            if i % DIVERGENCE_CHECK_EVERY == 0 and not bool(torch.isfinite(loss_sum)):
+                raise Diverged(f"train loss {loss_sum.item()} at epoch {epoch}, step {step}")
             if i % accum and i != len(batches):
                 continue
             if cfg.optim.grad_clip > 0:
@@ -283,8 +289,6 @@ def fit(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            if i % DIVERGENCE_CHECK_EVERY == 0 and not bool(torch.isfinite(loss_sum)):
-                raise Diverged(f"train loss {loss_sum.item()} at epoch {epoch}, step {step}")
         train_loss = (loss_sum / len(batches)).item()  # the epoch's one host sync
         if not math.isfinite(train_loss):
             raise Diverged(f"train loss {train_loss} at epoch {epoch}")
@@ -332,6 +336,7 @@ def fit(
                     optimizer=optimizer.state_dict(),
                     scheduler=scheduler.state_dict(),
                     rng=torch.get_rng_state(),
+                    cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
                     history=list(history),
                     best=dict(best),
                 )
@@ -414,8 +419,10 @@ def translate(
     bos, eos = ids_of.bos, ids_of.eos
     order = sorted(range(len(features)), key=lambda i: len(features[i]), reverse=True)
     hyps: list[str] = [""] * len(features)
-    for start in range(0, len(order), cfg.batch_size):
-        index = order[start : start + cfg.batch_size]
+    # Beam search decodes beam x batch rows: fewer clips per batch keep its memory at greedy's.
+    batch_size = cfg.batch_size if beam == 1 else max(1, cfg.batch_size // beam)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
         src, src_mask = _pad_frames([features[i] for i in index], max_frames)
         src, src_mask = src.to(device), src_mask.to(device)
         with _autocast(device, amp):
