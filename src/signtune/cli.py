@@ -194,13 +194,8 @@ def run(
         "storage": storage,
         **_tracking_override(tracking_uri, no_tracking),
     }
-    gpu_list = _parse_gpus(gpus)
     problems = []
-    if workers < 1:
-        problems.append(Problem("--workers", f"must be >= 1, but got {workers}", "e.g. --workers 2"))
-    if workers_per_gpu < 1:
-        problems.append(Problem("--workers-per-gpu", f"must be >= 1, but got {workers_per_gpu}", "e.g. 2"))
-    if gpu_list and workers > 1:
+    if gpus is not None and workers > 1:
         problems.append(
             Problem(
                 "--workers",
@@ -208,8 +203,13 @@ def run(
                 f"with GPUs, set the workers per GPU: --gpus {gpus} --workers-per-gpu {workers}",
             )
         )
+    if workers < 1:
+        problems.append(Problem("--workers", f"must be >= 1, but got {workers}", "e.g. --workers 2"))
+    if workers_per_gpu < 1:
+        problems.append(Problem("--workers-per-gpu", f"must be >= 1, but got {workers_per_gpu}", "e.g. 2"))
     if problems:
         raise ConfigError(problems)
+    gpu_list = _parse_gpus(gpus)
     if gpu_list is None and workers > 1:
         _note_idle_gpus(workers)
     spec, space, task = _load(study, overrides)
@@ -308,6 +308,12 @@ def _parse_gpus(gpus: str | None) -> list[int] | None:
         ) from None
     if not ids or any(i < 0 for i in ids):
         raise ConfigError(Problem("--gpus", f"must list GPU ids >= 0, but got {gpus!r}", "e.g. --gpus 0,1"))
+    import torch
+
+    n = torch.cuda.device_count()  # the GPUs CUDA_VISIBLE_DEVICES leaves visible (NVML, no context)
+    if max(ids) >= n:
+        fix = f"use ids 0 to {n - 1}, or --gpus all" if n else "drop --gpus to use CPU workers"
+        raise ConfigError(Problem(f"--gpus {gpus}", f"asks for GPU {max(ids)}, but {n} CUDA GPU(s) are visible", fix))
     return ids
 
 

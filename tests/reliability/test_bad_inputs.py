@@ -413,6 +413,7 @@ CASES: dict[str, Row] = {
     "flag-gpus-not-a-list": Row((*RUN, "--gpus", "x"), ("--gpus: must be 'all' or a comma-separated list",)),
     "flag-gpus-negative": Row((*RUN, "--gpus", "-1"), ("--gpus: must list GPU ids >= 0",)),
     "flag-gpus-all-without-cuda": Row((*RUN, "--gpus", "all"), ("--gpus all: no CUDA GPU is visible",)),
+    "flag-gpus-past-the-visible-ones": Row((*RUN, "--gpus", "0,7"), ("--gpus 0,7: asks for GPU 7, but",)),
     "flag-gpus-with-workers": Row(
         (*RUN, "--gpus", "0", "--workers", "2"),
         ("--workers: counts CPU workers, but --gpus was given", "--workers-per-gpu 2"),
