@@ -431,9 +431,53 @@ def reap_dead(
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if t.number in unnamed and "pid" not in t.user_attrs and (t.datetime_start or noticed) <= noticed
         ]
-    for t in mine:
-        fail_trial(spec, study, t, reason)
+    failed = [t.number for t in mine if fail_trial(spec, study, t, reason)]
+    _end_abandoned_runs(spec, study, failed, reason)
     return [t.number for t in mine]
+
+
+def _end_abandoned_runs(spec: StudySpec, study: optuna.Study, failed: list[int], reason: str) -> None:
+    """End the MLflow runs the dead left RUNNING: their trials' runs, and a dead `study run`'s.
+
+    Only with tracking on. Covers every failed trial with a ``reason`` whose run is still
+    RUNNING, so a later ``study reap`` repairs what an earlier reap could not log. A tracking
+    error is a warning: the trials stay reaped.
+    """
+    tracking = getattr(spec, "tracking", None)
+    if tracking is None or not tracking.enabled:
+        return
+    import warnings
+
+    from signtune.tracking import FailedTrial, end_abandoned_runs
+
+    try:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.RUNNING))
+        gone = [
+            FailedTrial(
+                t.number,
+                str(t.user_attrs.get("reason", reason)),
+                t.user_attrs.get("mlflow_run_id"),
+                t.user_attrs.get("host"),
+                t.user_attrs.get("pid"),
+            )
+            for t in trials
+            if t.state == TrialState.FAIL and (t.number in failed or "reason" in t.user_attrs)
+        ]
+        end_abandoned_runs(
+            Tracker(spec.tracking_uri, spec.experiment, artifact_dir=spec.dir / "mlartifacts"),
+            study_name=study.study_name,
+            failed=gone,
+            host=host_id(),
+            pid_alive=pid_alive,
+            trials_running=any(t.state == TrialState.RUNNING for t in trials),
+            reason=reason,
+        )
+    except Exception as exc:
+        warnings.warn(
+            f"could not end the MLflow runs of reaped trials {failed} ({type(exc).__name__}: {exc}); "
+            "`study reap` ends them later",
+            stacklevel=3,
+        )
 
 
 def fail_trial(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
