@@ -34,3 +34,5 @@ bench: $(STAMP)
 
 clean:
 	rm -rf studies/*/study.db* studies/*/mlflow.db studies/*/mlartifacts studies/*/export studies/*/data studies/*/.cache
+	rm -rf examples/*/study.db* examples/*/mlflow.db* examples/*/mlruns examples/*/mlartifacts examples/*/export \
+		examples/*/promoted examples/*/journal.log* examples/*/.cache examples/*/.scratch

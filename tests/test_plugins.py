@@ -162,3 +162,4 @@ def test_plugin_without_checkpoints_gets_a_clear_promote_error(fast_project: Pat
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr
     assert "saved no checkpoint" in res.stderr and "ctx.checkpoint(epoch" in res.stderr
+    assert "README: Plug-in tasks" in " ".join(res.stderr.split())  # the README section's real name

@@ -53,6 +53,36 @@ StudyOpt = Annotated[
 ]
 
 
+# What Ctrl-C leaves behind, per command that has something to say about it.
+_RESUME = "Running trials were marked failed (reason: interrupted); run the same command again to resume."
+INTERRUPTED = {
+    "run": _RESUME,
+    "worker": _RESUME,
+    "promote_best_cmd": "Finished epochs are checkpointed; add --resume to the same command to go on from them.",
+}
+
+
+def _port_free(host: str, port: int) -> None:
+    """Refuse a port another server holds, before starting ours on it.
+
+    Raises:
+        ConfigError: the address is in use (or cannot be bound).
+    """
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                Problem(
+                    f"--port {port}",
+                    f"cannot be used on {host}: {exc.strerror or exc}",
+                    f"pick another, e.g. --port {port + 1}",
+                )
+            ) from None
+
+
 def handle_errors(fn: F) -> F:
     """Map user errors to exit 2 and Ctrl-C to exit 130, without a traceback."""
 
@@ -64,10 +94,7 @@ def handle_errors(fn: F) -> F:
             _print_problems(exc)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err.print(
-                "[yellow]Interrupted.[/] Running trials were marked failed (reason: interrupted); "
-                "run the same command again to resume."
-            )
+            err.print(f"[yellow]Interrupted.[/] {INTERRUPTED.get(fn.__name__, '')}".rstrip())
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -115,6 +142,72 @@ def _load(study: str | None, overrides: dict[str, Any]) -> tuple[Any, Any, Any]:
     if problems:
         raise ConfigError(problems)
     return spec, space, task
+
+
+# What a study's trials are trained at: stored on the study at its first run (or `study create`)
+# so that resuming, remote workers and exports use it, and a run at another fidelity is refused.
+FIDELITY = {"budget.subset": "--subset", "fixed.run.epochs": "--epochs"}
+
+
+def _fidelity_of(spec: Any) -> dict[str, Any]:
+    return {"budget.subset": spec.budget.subset, "fixed.run.epochs": spec.epochs}
+
+
+def _settle(study: str | None, spec: Any, space: Any, task: Any, overrides: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """The spec at the settings the study's trials run at (``_record`` stores them).
+
+    A study keeps its first run's subset and epochs (and the budget last set by ``--trials``):
+    a later command without those flags continues at the stored values, and one that asks for
+    another subset or epochs is refused, since its trials would not be comparable.
+
+    Raises:
+        ConfigError: ``--subset``/``--epochs`` differ from what the study's trials ran at.
+    """
+    from signtune.errors import StudyError
+    from signtune.runner import open_study
+
+    try:
+        existing = open_study(spec, create=False, heartbeat=False)
+    except StudyError:
+        existing = None
+    stored = dict(existing.user_attrs.get("settings", {})) if existing is not None else {}
+    if stored:
+        problems = [
+            Problem(
+                flag,
+                f"is {overrides[key]}, but the trials of study {spec.name!r} ran at {stored[key]}: trials at "
+                "another fidelity are not comparable with them",
+                f"drop {flag} to continue at {stored[key]}, or tune a new study (a copy of the spec with another name)",
+            )
+            for key, flag in FIDELITY.items()
+            if key in stored and overrides.get(key) is not None and overrides[key] != stored[key]
+        ]
+        if problems:
+            raise ConfigError(problems)
+        settled = {k: v for k, v in stored.items() if overrides.get(k) is None}
+        changed = {k: v for k, v in settled.items() if k in FIDELITY and _fidelity_of(spec)[k] != v}
+        if settled.get("budget.trials") == spec.budget.trials:
+            settled.pop("budget.trials")
+        if settled:
+            spec, space, task = _load(study, {**overrides, **settled})
+        if changed:
+            err.print(
+                f"{spec.name}: continuing at "
+                + ", ".join(f"{FIDELITY[k].lstrip('-')} {v}" for k, v in changed.items())
+                + ", as the study's trials ran",
+                highlight=False,
+            )
+    return spec, space, task
+
+
+def _record(spec: Any) -> None:
+    """Store the study's subset, epochs and budget on it (creating it), for later commands."""
+    from signtune.runner import open_study
+
+    settings = {**_fidelity_of(spec), "budget.trials": spec.budget.trials}
+    study_obj = open_study(spec, heartbeat=False)
+    if study_obj.user_attrs.get("settings") != settings:
+        study_obj.set_user_attr("settings", settings)
 
 
 def _prepare(task: Any, spec: Any) -> Any:
@@ -213,12 +306,18 @@ def run(
     if gpu_list is None and workers > 1:
         _note_idle_gpus(workers)
     spec, space, task = _load(study, overrides)
+    spec, space, task = _settle(study, spec, space, task, overrides)
     t0 = time.perf_counter()
     with err.status("Preparing data (generated on first use, then cached)..."):
         data = _prepare(task, spec)
+    _record(spec)  # after the data passed: a refused run writes nothing
+    clips = (  # a plug-in's data is its own business: no clip counts to show
+        f"train {data['train']} clips (subset {spec.budget.subset}), val {data.get('val')}, "
+        if data.get("train") is not None
+        else f"subset {spec.budget.subset}, epochs {spec.epochs}, "
+    )
     err.print(
-        f"[bold]{spec.name}[/]: {spec.task}, storage {mask_url(spec.storage)}, "
-        f"train {data.get('train')} clips (subset {spec.budget.subset}), val {data.get('val')}, "
+        f"[bold]{spec.name}[/]: {spec.task}, storage {mask_url(spec.storage)}, {clips}"
         f"data ready in {time.perf_counter() - t0:.1f}s",
         highlight=False,
     )
@@ -362,6 +461,16 @@ def validate(
 ) -> None:
     """Check a study spec, its search space and its data (as `study data check`) without running anything."""
     spec, space, _ = _load(study, {})
+    if spec.task == "sign2text":
+        from signtune.models import check_model_files
+
+        # the pretrained model, tokenizer and sign encoder the spec names (files only, no weights)
+        check_model_files(
+            spec.base.model,
+            tokenizer=spec.base.data.tokenizer,
+            base_dir=spec.dir,
+            max_frames=spec.base.data.max_frames,
+        )
     out.print(
         f"[green]OK[/] {spec.path}: task {spec.task}, {len(space.params)} searched params, "
         f"{len(spec.enqueue)} enqueued configs, budget {spec.budget.trials} trials, subset {spec.budget.subset}"
@@ -389,7 +498,9 @@ def export(
     from signtune.runner import open_study
 
     _quiet()
-    spec, _, _ = _load(study, {"storage": storage})
+    overrides = {"storage": storage}
+    spec, space, task = _load(study, overrides)
+    spec, _, _ = _settle(study, spec, space, task, overrides)
     path = export_study(open_study(spec, create=False, heartbeat=False), spec, out_dir)
     out.print(f"Exported to {path}")
 
@@ -461,7 +572,10 @@ def create(
     from signtune.storage import mask_url
 
     _quiet()
-    spec, space, _ = _load(study, {"storage": storage, "budget.trials": trials, "budget.subset": subset})
+    overrides = {"storage": storage, "budget.trials": trials, "budget.subset": subset}
+    spec, space, task = _load(study, overrides)
+    spec, space, _ = _settle(study, spec, space, task, overrides)
+    _record(spec)
     s = open_study(spec, heartbeat=False)
     enqueue_defaults(s, spec, space)
     s.set_user_attr("spec_hash", spec.hash())
@@ -502,6 +616,7 @@ def dashboard(
 
     _quiet()
     spec, _, _ = _load(study, {"storage": storage})
+    _port_free(host, port)
     artifacts = spec.dir / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     err.print(
@@ -532,9 +647,14 @@ def mlflow_ui(
     if uri.startswith(("http://", "https://")):
         out.print(f"The tracking store is a server already: open {uri}")
         return
+    _port_free(host, port)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     err.print(f"MLflow UI for {spec.name} on http://{host}:{port}/  (Ctrl-C stops it)")
-    raise typer.Exit(subprocess.call(cmd))
+    try:
+        code = subprocess.call(cmd)
+    except KeyboardInterrupt:  # the server got the Ctrl-C too and stops on its own
+        raise typer.Exit(0) from None
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -575,6 +695,8 @@ def worker(
         **_tracking_override(tracking_uri, no_tracking),
     }
     spec, space, task = _load(study, overrides)
+    # the budget, subset and epochs `study create` or the first run stored, unless given here
+    spec, space, task = _settle(study, spec, space, task, overrides)
     _prepare(task, spec)
     wid = worker_id or f"{os.environ.get('SIGNTUNE_HOST') or __import__('socket').gethostname()}-{os.getpid()}"
     err.print(f"worker {wid} on {spec.name} at {mask_url(spec.storage)}", highlight=False)
@@ -676,8 +798,9 @@ def promote_best_cmd(
         return
     out.print(
         f"winner: trial {result.winner.trial} seed {result.winner.seed}, val BLEU {result.winner.value:.2f}\n"
-        f"test (beam {t['beam_size']}): BLEU {t['bleu']:.2f} (1-4: {t['bleu1']:.1f}/{t['bleu2']:.1f}/"
-        f"{t['bleu3']:.1f}/{t['bleu4']:.1f}), chrF {t['chrf']:.2f}\n{t['bleu_signature']}\n{result.fidelity_note}\n"
+        f"test (beam {t['beam_size']}): BLEU {t['bleu']:.2f} (1-4-gram precisions: {t['precision1']:.1f}/"
+        f"{t['precision2']:.1f}/{t['precision3']:.1f}/{t['precision4']:.1f}), chrF {t['chrf']:.2f}\n"
+        f"{t['bleu_signature']}\n{result.fidelity_note}\n"
         f"model: {result.out_dir}",
         highlight=False,
     )

@@ -108,13 +108,15 @@ def best_params_doc(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
 def reproduce_command(spec: StudySpec, trial: FrozenTrial) -> str:
     """A `study train` command line that re-runs ``trial``'s config."""
     sets = " ".join(f"--set {k}={v}" for k, v in sorted(trial.params.items()))
-    return f"study train --study {spec.path} --subset {spec.budget.subset} {sets}".strip()
+    return f"study train --study {spec.path} --subset {spec.budget.subset} --epochs {spec.epochs} {sets}".strip()
 
 
 def write_trials_csv(trials: list[FrozenTrial], path: Path) -> None:
     param_names = sorted({k for t in trials for k in t.params})
     attr_names = [
         "reason",
+        "subset",
+        "epochs",
         "epochs_run",
         "wall_time_s",
         "n_params",

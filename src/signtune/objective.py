@@ -79,6 +79,8 @@ class Objective:
         if trial.user_attrs.get("oom_retry"):
             cfg = halve_batch(cfg)  # same params, half the batch, twice the accumulation
         more: dict[str, Any] = {
+            "subset": spec.budget.subset,
+            "epochs": spec.epochs,
             "seed": spec.seed,
             "device": self.device,
             "gpu": os.environ.get("SIGNTUNE_GPU", os.environ.get("CUDA_VISIBLE_DEVICES", ""))

@@ -65,8 +65,13 @@ def test_promote_best_then_translate(tuned: Path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     test = metrics["test"]
     assert 0.0 <= test["bleu"] <= 100.0 and test["beam_size"] == 3
-    assert {"bleu1", "bleu2", "bleu3", "bleu4", "chrf", "bleu_signature"} <= set(test)
-    assert len(metrics["candidates"]) == 2 and metrics["fidelity_spearman"] is not None
+    # precision1..4 are sacrebleu's n-gram precisions (not BLEU-1..4 scores); bleu is corpus BLEU-4
+    assert {"precision1", "precision2", "precision3", "precision4", "chrf", "bleu_signature"} <= set(test)
+    assert not {"bleu1", "bleu2", "bleu3", "bleu4"} & set(test)
+    assert "1-4-gram precisions" in res.stdout
+    # two configs are too few for a rank correlation (always +-1): no Spearman, and the advice says so
+    assert len(metrics["candidates"]) == 2 and metrics["fidelity_spearman"] is None
+    assert "--top-k 3 or more" in metrics["fidelity_note"]
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["study"] == "tiny" and prov["hashes"]["how2sign_realigned_train.csv"]
     assert {"torch", "optuna"} <= set(prov["versions"])
@@ -82,6 +87,8 @@ def test_promote_best_then_translate(tuned: Path) -> None:
     (run,) = client.search_runs([exp.experiment_id], "tags.`signtune.role` = 'promote'")
     assert run.data.tags["signtune.study"] == "tiny" and run.data.tags["signtune.source_trials"] == "0,1"
     assert run.data.metrics["test_bleu"] == pytest.approx(test["bleu"], abs=1e-3)
+    assert run.data.metrics["test_precision4"] == pytest.approx(test["precision4"], abs=1e-3)
+    assert "test_bleu4" not in run.data.metrics
     assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} >= {"model/model.safetensors"}
     versions = client.search_model_versions("name='signtune-tiny'")
     assert [v.run_id for v in versions] == [run.info.run_id]

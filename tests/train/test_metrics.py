@@ -13,11 +13,24 @@ def test_equals_sacrebleu() -> None:
     scores = corpus_scores(HYPS, REFS)
     expected = sacrebleu.corpus_bleu(HYPS, [REFS])
     assert scores["bleu"] == pytest.approx(expected.score)
-    assert [scores[f"bleu{n}"] for n in range(1, 5)] == pytest.approx(expected.precisions)
+    assert [scores[f"precision{n}"] for n in range(1, 5)] == pytest.approx(expected.precisions)
     assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(HYPS, [REFS]).score)
     assert "tok:13a" in str(scores["bleu_signature"])
     assert "case:mixed" in str(scores["bleu_signature"])
     assert str(scores["chrf_signature"]).startswith("nrefs:1")
+
+
+def test_ngram_precisions_are_named_as_precisions_not_bleu_n() -> None:
+    # sacrebleu's BLEUScore.precisions are modified n-gram precisions; BLEU-4 is their geometric
+    # mean times the brevity penalty, so e.g. bleu 10.7 with precision4 2.26 is consistent, and a
+    # key named ``bleu4`` holding 2.26 would be misread as a BLEU-4 score.
+    scores = corpus_scores(HYPS, REFS)
+    assert {"precision1", "precision2", "precision3", "precision4"} <= set(scores)
+    assert not {"bleu1", "bleu2", "bleu3", "bleu4"} & set(scores)
+    expected = sacrebleu.corpus_bleu(HYPS, [REFS])
+    assert scores["precision4"] == pytest.approx(expected.precisions[3])
+    assert scores["bleu"] == pytest.approx(expected.score)
+    assert scores["bleu"] != pytest.approx(scores["precision4"])
 
 
 def test_perfect_match_is_100_on_a_0_to_100_scale() -> None:

@@ -394,7 +394,7 @@ def evaluate(
         max_frames: keep at most this many leading frames of each clip, as in training.
 
     Returns:
-        ``corpus_scores`` of the split (``bleu``, ``chrf``, ``bleu1``..``bleu4``, signatures)
+        ``corpus_scores`` of the split (``bleu``, ``chrf``, ``precision1``..``precision4``, signatures)
         and the hypotheses in split order.
     """
     hyps = translate(model, split.features, tokenizer, cfg, device, beam_size=beam_size, amp=amp, max_frames=max_frames)

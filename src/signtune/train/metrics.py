@@ -21,8 +21,10 @@ def corpus_scores(
         lowercase: case-insensitive BLEU and chrF.
 
     Returns:
-        ``bleu`` (0-100), ``bleu1`` .. ``bleu4`` (n-gram precisions, 0-100), ``chrf`` (0-100),
-        ``bleu_signature`` and ``chrf_signature`` (sacrebleu's strings, to record with scores).
+        ``bleu`` (corpus BLEU-4, 0-100), ``precision1`` .. ``precision4`` (BLEU's modified 1- to
+        4-gram precisions, 0-100: ``BLEUScore.precisions``, not BLEU-1..4 scores), ``chrf``
+        (0-100), ``bleu_signature`` and ``chrf_signature`` (sacrebleu's strings, to record with
+        scores).
 
     Raises:
         ValueError: the lists are empty or of different lengths.
@@ -37,7 +39,7 @@ def corpus_scores(
     chrf_score = chrf.corpus_score(hyps, [refs])
     scores: dict[str, float | str] = {"bleu": float(bleu_score.score)}
     for n, precision in enumerate(bleu_score.precisions, start=1):
-        scores[f"bleu{n}"] = float(precision)
+        scores[f"precision{n}"] = float(precision)  # n-gram precision, not a BLEU-n score
     scores["chrf"] = float(chrf_score.score)
     scores["bleu_signature"] = str(bleu.get_signature())
     scores["chrf_signature"] = str(chrf.get_signature())
