@@ -123,44 +123,52 @@ def decode_ours_vs_naive(data_root: Path, clips: int, repeats: int, val_clips: i
 
 
 def profile_eval(data_root: Path, clips: int, val_clips: int, *, rows: int = 14, repeats: int = 3) -> dict[str, Any]:
-    """Where one validation's time goes (cProfile), and the same validation with a shorter
-    ``eval.max_len`` (the longest val reference + 4), timed interleaved: the fix to weigh."""
+    """Where one validation's time goes (cProfile), and validation at ``eval.max_len`` against
+    the shorter length ``fit`` validates at (``validation_max_len``), timed interleaved, with
+    the model after one epoch at the demo's lr and at the enqueued config's lr (1e-4, which
+    leaves a model that has not learned to stop)."""
     import torch
 
     from benchmarks.common import interleave, profile_call, stat_seconds
     from signtune.config import apply_overrides
-    from signtune.train.loop import evaluate, fit
+    from signtune.train.loop import evaluate, fit, validation_max_len
 
     cfg, data = _load(data_root, clips, val_clips)
-    model = fit(apply_overrides(cfg, {"run.epochs": 1}), data).model
+    one_epoch = apply_overrides(cfg, {"run.epochs": 1})
+    models = {"lr 1e-3": fit(one_epoch, data).model,
+              "lr 1e-4 (undertrained)": fit(apply_overrides(one_epoch, {"optim.lr": 1e-4}), data).model}
     ref_len = max(len(t) for t in data.val.token_ids)
+    capped = validation_max_len(cfg.eval, data.train)
     device = torch.device("cpu")
 
-    def run(max_len: int) -> Any:
+    def run(model: Any, max_len: int) -> Any:
         eval_cfg = apply_overrides(cfg, {"eval.max_len": max_len}).eval
 
         def validate() -> dict[str, float]:
-            scores, _ = evaluate(model, data.val, data.tokenizer, eval_cfg, device, beam_size=1)  # type: ignore[arg-type]
-            return {"bleu": float(scores["bleu"])}
+            scores, hyps = evaluate(model, data.val, data.tokenizer, eval_cfg, device, beam_size=1)
+            return {"bleu": float(scores["bleu"]), "hyp_tokens": statistics.mean(len(h.split()) for h in hyps)}
 
         return validate
 
-    stats, text = profile_call(run(cfg.eval.max_len), rows=rows)
+    stats, text = profile_call(run(models["lr 1e-3"], cfg.eval.max_len), rows=rows)
     parts = {
         "total": stats.total_tt,
         "encode": stat_seconds(stats, "signtune/models/transformer.py", "encode"),
         "decode steps": stat_seconds(stats, "signtune/models/transformer.py", "decode_step"),
         "sacrebleu scoring": stat_seconds(stats, "signtune/train/metrics.py", "corpus_scores"),
     }
-    short = ref_len + 4
-    timings = interleave({f"max_len {cfg.eval.max_len}": run(cfg.eval.max_len), f"max_len {short}": run(short)},
-                         repeats=repeats)
+    variants = {f"{name}, max_len {n}": run(model, n)
+                for name, model in models.items() for n in (cfg.eval.max_len, capped)}
+    timings = interleave(variants, repeats=repeats)
     return {
         "text": f"validation of {len(data.val)} clips after one epoch, eval.max_len {cfg.eval.max_len}, longest val "
                 f"reference {ref_len} tokens (+1 for EOS); top {rows} frames by own time\n{text}",
         "parts": parts,
-        "max_len": {name: {"wall_s": t.wall, "bleu": t.results[-1]["bleu"]} for name, t in timings.items()},
+        "max_len": {name: {"wall_s": t.wall, "bleu": t.results[-1]["bleu"], "hyp_tokens": t.results[-1]["hyp_tokens"]}
+                    for name, t in timings.items()},
         "ref_len": ref_len,
+        "capped": capped,
+        "train_longest": max(len(t) for t in data.train.token_ids),
     }
 
 
@@ -203,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prof = profile_eval(root, args.clips, args.val_clips, repeats=args.repeats)
         result["profile"], result["profile_parts"] = prof["text"], prof["parts"]
         result["max_len_probe"], result["ref_len"] = prof["max_len"], prof["ref_len"]
+        result["capped"], result["train_longest"] = prof["capped"], prof["train_longest"]
         if args.profile:
             print(result["profile"])
             print({k: round(v, 2) for k, v in prof["parts"].items()})
