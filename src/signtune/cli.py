@@ -881,10 +881,12 @@ def translate(
         out_file.write_text(
             _json.dumps([{"id": i, "hypothesis": h} for (i, _), h in zip(items, hyps, strict=True)], indent=2)
         )
+        err.print(f"wrote {len(hyps)} translation(s) to {out_file} (JSON)", highlight=False)
         return
     text = "id\thypothesis\n" + "".join(f"{i}\t{h}\n" for (i, _), h in zip(items, hyps, strict=True))
     if out_file is not None:
         out_file.write_text(text, encoding="utf-8")
+        err.print(f"wrote {len(hyps)} translation(s) to {out_file} (tab-separated; .json gives JSON)", highlight=False)
     else:
         sys.stdout.write(text)
 

@@ -110,6 +110,24 @@ def test_promote_best_then_translate(tuned: Path) -> None:
     got = [line.split("\t") for line in res.stdout.splitlines()[1:]]
     assert [(i, h) for i, _, h in expected] == [(i, h) for i, h in got]
 
+    # --out with another suffix than .json writes the same table, and says which format it wrote
+    txt = tuned / "hyps.txt"
+    res = study(
+        "translate",
+        "--model",
+        str(out),
+        "--manifest",
+        str(data / "how2sign_realigned_test.csv"),
+        "--beam",
+        "3",
+        "--out",
+        str(txt),
+        cwd=tuned,
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"to {txt} (tab-separated" in " ".join(res.stderr.split())
+    assert txt.read_text().splitlines()[1:] == ["\t".join(row) for row in got]
+
 
 def test_promote_resume_after_a_kill(tuned: Path) -> None:
     killed = study(
