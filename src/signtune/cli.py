@@ -153,8 +153,8 @@ def _fidelity_of(spec: Any) -> dict[str, Any]:
     return {"budget.subset": spec.budget.subset, "fixed.run.epochs": spec.epochs}
 
 
-def _settle(study: str | None, spec: Any, space: Any, task: Any, overrides: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """The spec at the settings the study's trials run at (``_record`` stores them).
+def _load_settled(study: str | None, overrides: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """``_load``, at the settings the study's trials run at (``_record`` stores them).
 
     A study keeps its first run's subset and epochs (and the budget last set by ``--trials``):
     a later command without those flags continues at the stored values, and one that asks for
@@ -166,6 +166,7 @@ def _settle(study: str | None, spec: Any, space: Any, task: Any, overrides: dict
     from signtune.errors import StudyError
     from signtune.runner import open_study
 
+    spec, space, task = _load(study, overrides)
     try:
         existing = open_study(spec, create=False, heartbeat=False)
     except StudyError:
@@ -305,8 +306,7 @@ def run(
     gpu_list = _parse_gpus(gpus)
     if gpu_list is None and workers > 1:
         _note_idle_gpus(workers)
-    spec, space, task = _load(study, overrides)
-    spec, space, task = _settle(study, spec, space, task, overrides)
+    spec, space, task = _load_settled(study, overrides)
     t0 = time.perf_counter()
     with err.status("Preparing data (generated on first use, then cached)..."):
         data = _prepare(task, spec)
@@ -498,9 +498,7 @@ def export(
     from signtune.runner import open_study
 
     _quiet()
-    overrides = {"storage": storage}
-    spec, space, task = _load(study, overrides)
-    spec, _, _ = _settle(study, spec, space, task, overrides)
+    spec, _, _ = _load_settled(study, {"storage": storage})
     path = export_study(open_study(spec, create=False, heartbeat=False), spec, out_dir)
     out.print(f"Exported to {path}")
 
@@ -573,8 +571,7 @@ def create(
 
     _quiet()
     overrides = {"storage": storage, "budget.trials": trials, "budget.subset": subset}
-    spec, space, task = _load(study, overrides)
-    spec, space, _ = _settle(study, spec, space, task, overrides)
+    spec, space, _ = _load_settled(study, overrides)
     _record(spec)
     s = open_study(spec, heartbeat=False)
     enqueue_defaults(s, spec, space)
@@ -694,9 +691,8 @@ def worker(
         "storage": storage,
         **_tracking_override(tracking_uri, no_tracking),
     }
-    spec, space, task = _load(study, overrides)
     # the budget, subset and epochs `study create` or the first run stored, unless given here
-    spec, space, task = _settle(study, spec, space, task, overrides)
+    spec, space, task = _load_settled(study, overrides)
     _prepare(task, spec)
     wid = worker_id or f"{os.environ.get('SIGNTUNE_HOST') or __import__('socket').gethostname()}-{os.getpid()}"
     err.print(f"worker {wid} on {spec.name} at {mask_url(spec.storage)}", highlight=False)

@@ -95,16 +95,8 @@ def test_promote_best_then_translate(tuned: Path) -> None:
 
     # translate on the test split reproduces predictions.tsv exactly
     data = tuned / "studies" / "tiny" / "data"
-    res = study(
-        "translate",
-        "--model",
-        str(out),
-        "--manifest",
-        str(data / "how2sign_realigned_test.csv"),
-        "--beam",
-        "3",
-        cwd=tuned,
-    )
+    translate = ("translate", "--model", str(out), "--manifest", str(data / "how2sign_realigned_test.csv"))
+    res = study(*translate, "--beam", "3", cwd=tuned)
     assert res.returncode == 0, res.stderr
     expected = [line.split("\t") for line in (out / "predictions.tsv").read_text().splitlines()[1:]]
     got = [line.split("\t") for line in res.stdout.splitlines()[1:]]
@@ -112,18 +104,7 @@ def test_promote_best_then_translate(tuned: Path) -> None:
 
     # --out with another suffix than .json writes the same table, and says which format it wrote
     txt = tuned / "hyps.txt"
-    res = study(
-        "translate",
-        "--model",
-        str(out),
-        "--manifest",
-        str(data / "how2sign_realigned_test.csv"),
-        "--beam",
-        "3",
-        "--out",
-        str(txt),
-        cwd=tuned,
-    )
+    res = study(*translate, "--beam", "3", "--out", str(txt), cwd=tuned)
     assert res.returncode == 0, res.stderr
     assert f"to {txt} (tab-separated" in " ".join(res.stderr.split())
     assert txt.read_text().splitlines()[1:] == ["\t".join(row) for row in got]
