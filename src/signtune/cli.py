@@ -55,7 +55,7 @@ StudyOpt = Annotated[
 
 # What Ctrl-C leaves behind, per command that has something to say about it.
 _RESUME = "Running trials were marked failed (reason: interrupted); run the same command again to resume."
-INTERRUPTED = {
+INTERRUPTED: dict[str, str] = {
     "run": _RESUME,
     "worker": _RESUME,
     "promote_best_cmd": "Finished epochs are checkpointed; add --resume to the same command to go on from them.",
@@ -94,8 +94,10 @@ def handle_errors(fn: F) -> F:
             _print_problems(exc)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
+            from signtune import interrupts
+
             err.print(f"[yellow]Interrupted.[/] {INTERRUPTED.get(fn.__name__, '')}".rstrip())
-            raise typer.Exit(130) from None
+            raise typer.Exit(interrupts.exit_code() or 130) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -168,7 +170,7 @@ def _load_settled(study: str | None, overrides: dict[str, Any]) -> tuple[Any, An
 
     spec, space, task = _load(study, overrides)
     try:
-        existing = open_study(spec, create=False, heartbeat=False)
+        existing = open_study(spec, create=False)
     except StudyError:
         existing = None
     stored = dict(existing.user_attrs.get("settings", {})) if existing is not None else {}
@@ -206,17 +208,21 @@ def _record(spec: Any) -> None:
     from signtune.runner import open_study
 
     settings = {**_fidelity_of(spec), "budget.trials": spec.budget.trials}
-    study_obj = open_study(spec, heartbeat=False)
+    study_obj = open_study(spec)
     if study_obj.user_attrs.get("settings") != settings:
         study_obj.set_user_attr("settings", settings)
 
 
 def _prepare(task: Any, spec: Any) -> Any:
     """``task.prepare(spec)``; refused data also says where to see every problem at once."""
+    from signtune import interrupts
+    from signtune.doctor import check_stores
     from signtune.errors import DataError
 
+    check_stores(spec)  # a damaged store stops here, with the fix, before anything runs
     try:
-        return task.prepare(spec)
+        with interrupts.interruptible():  # data is generated and packed through renamed temp files
+            return task.prepare(spec)
     except DataError as exc:
         if spec.task != "sign2text":
             raise
@@ -368,7 +374,30 @@ def run(
             f"[yellow]Stopped by --timeout[/] after {summary.wall_time_s:.0f}s with "
             f"{summary.finished}/{summary.total} finished; run again to continue."
         )
+    _print_run_notes(spec, summary)
     out.print(f"Ran {summary.started} trial(s) in {summary.wall_time_s:.1f}s. Exports: {spec.dir / 'export'}")
+
+
+def _print_run_notes(spec: Any, summary: Any) -> None:
+    """What a run repaired or could not log: reaped trials, back-filled and missing MLflow runs."""
+    from signtune.storage import mask_url
+
+    if summary.reaped:
+        err.print(
+            f"Failed trials {summary.reaped}, left RUNNING by processes that are gone (their params are retried once).",
+            highlight=False,
+        )
+    if summary.backfilled:
+        err.print(f"MLflow: back-filled trials {summary.backfilled} it had missed.", highlight=False)
+    if summary.tracking_error or summary.tracking_gaps:
+        missed = f"misses trials {summary.tracking_gaps}" if summary.tracking_gaps else "missed the study's own run"
+        err.print(
+            f"[yellow]MLflow ({mask_url(spec.tracking_uri)}) {missed}[/]"
+            + (f": {mask_url(summary.tracking_error)}" if summary.tracking_error else "")
+            + f". Their results are in the study; `study export --study {spec.name}` (or the next `study run`) "
+            f"back-fills MLflow once it works, and `study doctor --study {spec.name}` checks it.",
+            highlight=False,
+        )
 
 
 def _note_idle_gpus(workers: int) -> None:
@@ -421,7 +450,7 @@ def _print_leaderboard(spec: Any, top: int = 10) -> None:
 
     from signtune.runner import open_study
 
-    study = open_study(spec, create=False, heartbeat=False)
+    study = open_study(spec, create=False)
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     done.sort(key=lambda t: t.value or 0.0, reverse=spec.objective.direction == "maximize")
@@ -493,14 +522,29 @@ def export(
     ] = None,
     storage: StorageOpt = None,
 ) -> None:
-    """Write best_params.json, trials.csv and HTML plots for a study."""
+    """Write best_params.json, trials.csv and HTML plots for a study; back-fill MLflow's gaps."""
     from signtune.export import export_study
-    from signtune.runner import open_study
+    from signtune.runner import make_tracker, open_study
+    from signtune.storage import mask_url
+    from signtune.tracking import Tracker, backfill, trials_missing
 
     _quiet()
     spec, _, _ = _load_settled(study, {"storage": storage})
-    path = export_study(open_study(spec, create=False, heartbeat=False), spec, out_dir)
+    study_obj = open_study(spec, create=False)
+    path = export_study(study_obj, spec, out_dir)
     out.print(f"Exported to {path}")
+    tracker = make_tracker(spec)
+    if isinstance(tracker, Tracker) and trials_missing(study_obj):
+        try:
+            filled = backfill(tracker, study_obj, spec.objective.metric)
+            out.print(f"MLflow: back-filled trials {filled} it had missed.")
+        except Exception as exc:
+            err.print(
+                f"[yellow]MLflow ({mask_url(spec.tracking_uri)}) still misses trials "
+                f"{[t.number for t in trials_missing(study_obj)]}[/]: {mask_url(str(exc).splitlines()[0])}. "
+                f"`study doctor --study {spec.name}` checks the store.",
+                highlight=False,
+            )
 
 
 @app.command()
@@ -518,7 +562,7 @@ def status(
 
     _quiet()
     spec, _, _ = _load(study, {"storage": storage})
-    s = open_study(spec, create=False, heartbeat=False)
+    s = open_study(spec, create=False)
     trials = s.get_trials(deepcopy=False)
     counts = {st.name.lower(): sum(t.state == st for t in trials) for st in TrialState}
     out.print(f"[bold]{spec.name}[/]: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -573,7 +617,7 @@ def create(
     overrides = {"storage": storage, "budget.trials": trials, "budget.subset": subset}
     spec, space, _ = _load_settled(study, overrides)
     _record(spec)
-    s = open_study(spec, heartbeat=False)
+    s = open_study(spec)
     enqueue_defaults(s, spec, space)
     s.set_user_attr("spec_hash", spec.hash())
     out.print(f"study {spec.name} ready on {mask_url(spec.storage)} ({len(s.trials)} trials so far)")
@@ -591,7 +635,7 @@ def report(
 
     _quiet()
     spec, _, _ = _load(study, {"storage": storage})
-    path = export_study(open_study(spec, create=False, heartbeat=False), spec)
+    path = export_study(open_study(spec, create=False), spec)
     out.print(f"Report: {path / 'report.html'}")
 
 
@@ -621,7 +665,7 @@ def dashboard(
     )
     # No heartbeat thread: the dashboard only reads and annotates; it never runs trials.
     run_server(
-        create_storage(spec.storage, heartbeat=False),
+        create_storage(spec.storage),
         host=host,
         port=port,
         artifact_store=FileSystemArtifactStore(str(artifacts)),
@@ -703,6 +747,49 @@ def worker(
 
     stats = run_worker(spec, space, task, worker_id=wid, on_trial_end=on_trial_end)
     out.print(f"worker {wid}: ran {stats.started} trial(s), {stats.failed} failed; stopped by {stats.stopped_by}")
+
+
+@app.command()
+@handle_errors
+def doctor(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Repair what can be repaired with nothing lost (backups are kept).")
+    ] = False,
+    data: Annotated[bool, typer.Option("--data/--no-data", help="Also check the data (sign2text).")] = True,
+) -> None:
+    """Check the study's storage, trials, MLflow store and data; --repair mends what it can.
+
+    Exit 0 when everything is (now) sound, 2 when a problem is left, each with its fix.
+    """
+    from signtune.doctor import Finding, diagnose
+
+    _quiet()
+    spec, _, _ = _load(study, {"storage": storage})
+
+    def data_check(s: Any) -> Finding:
+        if s.task != "sign2text":
+            return Finding("data", "ok", f"plug-in task {s.task!r}: its prepare hook checks its own data")
+        report = _check_data(s)
+        if report.errors:
+            first = report.errors[0]
+            return Finding(
+                "data",
+                "problem",
+                f"{len(report.errors)} error(s), first: {first.split}: {first.rule}",
+                f"`study data check --study {spec.name}` lists them all",
+            )
+        return Finding("data", "ok", f"{sum(x.rows for x in report.splits)} clips in {len(report.splits)} splits")
+
+    findings = diagnose(spec, repair=repair, data_check=data_check if data else None)
+    style = {"ok": "green", "problem": "bold red", "repaired": "yellow"}
+    for f in findings:
+        out.print(f"[{style[f.status]}]{f.status.upper():8}[/] {f.part}: {f.detail}", highlight=False, soft_wrap=True)
+        if f.fix:
+            out.print(f"         fix: {f.fix}", highlight=False, soft_wrap=True)
+    if any(f.status == "problem" for f in findings):
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -1065,6 +1152,9 @@ def _print_data_report(report: Any, shown: int = 3) -> bool:
 
 
 def main() -> None:  # pragma: no cover
+    from signtune import interrupts
+
+    interrupts.install()
     app()
 
 

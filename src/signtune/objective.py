@@ -12,10 +12,11 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 
+from signtune import interrupts
 from signtune.errors import DataError, SigntuneError, StopTrial
 from signtune.faults import from_env, inject
 from signtune.space import SearchSpace, suggest
@@ -24,6 +25,10 @@ from signtune.tasks import Task, TrialContext
 from signtune.tracking import NullTracker, Tracker
 
 EpochCallback = Callable[[int, int, dict[str, float]], None]
+T = TypeVar("T")
+# After this many trials in a row whose tracking failed, a worker stops calling MLflow (each
+# failing call can take a while against a server that is down); later trials record the gap.
+TRACKING_OFF_AFTER = 3
 
 
 def resolve_device(name: str) -> str:
@@ -53,6 +58,7 @@ class Objective:
         *,
         worker_id: str = "0",
         on_epoch: EpochCallback | None = None,
+        supervisor_pid: int | None = None,
     ) -> None:
         self.spec = spec
         self.space = space
@@ -60,8 +66,10 @@ class Objective:
         self.tracker = tracker
         self.worker_id = worker_id
         self.on_epoch = on_epoch
+        self.supervisor_pid = supervisor_pid  # the `study run` that started this worker process
         self.device = resolve_device(spec.device)
         self.faults = from_env()
+        self.tracking_failures = 0  # trials in a row whose tracking failed
 
     def __call__(self, trial: optuna.Trial) -> float:
         spec = self.spec
@@ -72,6 +80,8 @@ class Objective:
             "worker": self.worker_id,
             "pid": os.getpid(),
         }
+        if self.supervisor_pid:
+            owner["supervisor"] = self.supervisor_pid
         for key, value in owner.items():  # first: a supervisor reaping dead workers finds trials by pid
             trial.set_user_attr(key, value)
         values = suggest(trial, self.space)
@@ -93,16 +103,38 @@ class Objective:
             trial.set_user_attr(key, value)
         attrs = {**more, **owner}
         run_id: str | None = None  # the trial's MLflow run, created when it first has something to log
+        gap: list[str] = []  # the first tracking failure of this trial, if any
+
+        def track(what: str, call: Callable[[], T]) -> T | None:
+            """Tracking never fails training: a failed MLflow call is recorded as the trial's
+            ``tracking_gap`` (back-filled from the study later) and the trial goes on untracked."""
+            if gap:
+                return None
+            if self.tracking_failures >= TRACKING_OFF_AFTER:
+                gap.append(f"tracking off in this worker after {TRACKING_OFF_AFTER} failed trials")
+                trial.set_user_attr("tracking_gap", gap[0])
+                return None
+            try:
+                return call()
+            except Exception as exc:
+                gap.append(f"{what}: {type(exc).__name__}: {exc}"[:500])
+                trial.set_user_attr("tracking_gap", gap[0])
+                self.tracking_failures += 1
+                return None
 
         def ensure_run() -> str:
             nonlocal run_id
             if run_id is None:
-                run_id = self.tracker.start_trial(
-                    trial.number, params=values, tags={k: str(v) for k, v in attrs.items()}
+                made = track(
+                    "create the run",
+                    lambda: self.tracker.start_trial(
+                        trial.number, params=values, tags={k: str(v) for k, v in attrs.items()}
+                    ),
                 )
+                run_id = made or ""
                 if run_id:
                     trial.set_user_attr("mlflow_run_id", run_id)
-                    url = self.tracker.run_url(run_id)
+                    url = track("read the run's URL", lambda: self.tracker.run_url(run_id or ""))
                     _save_note(trial, f"MLflow run [`{run_id}`]({url}) (open with `study mlflow-ui`)")
             return run_id
 
@@ -121,11 +153,16 @@ class Objective:
             if metric not in metrics:
                 raise ValueError(f"report({epoch}, ...) got metrics {sorted(metrics)} but the objective is {metric!r}")
             value = float(metrics[metric])
-            trial.report(value, epoch)
-            with watchdog.paused():  # MLflow's first import and store set-up are not the task hanging
-                self.tracker.log_epoch(ensure_run(), metrics, epoch)
-            if self.on_epoch is not None:
-                self.on_epoch(trial.number, epoch, metrics)
+            # Storage and tracking writes are never cut by Ctrl-C; a stop requested meanwhile is
+            # raised when they end, back in the training.
+            with interrupts.protected():
+                trial.report(value, epoch)
+                with watchdog.paused():  # MLflow's first import and store set-up are not the task hanging
+                    run = ensure_run()
+                    if run:
+                        track(f"log epoch {epoch}", lambda: self.tracker.log_epoch(run, metrics, epoch))
+                if self.on_epoch is not None:
+                    self.on_epoch(trial.number, epoch, metrics)
             if not math.isfinite(value):
                 raise StopTrial("diverged", f"{metric} is {value} at epoch {epoch}")
             if trial.should_prune():
@@ -148,16 +185,22 @@ class Objective:
                 trial.set_user_attr("reason", reason)
             for key, value in extra.items():
                 trial.set_user_attr(key, value)
-            self.tracker.end_trial(ensure_run(), state=state, reason=reason, wall_time_s=wall)
+            run = ensure_run()
+            if run:
+                track("end the run", lambda: self.tracker.end_trial(run, state=state, reason=reason, wall_time_s=wall))
+            if not gap:
+                self.tracking_failures = 0
 
         try:
-            with watchdog:
+            # Training writes nothing but the task's scratch files: a stop lands here at once.
+            with Heartbeat(trial), watchdog, interrupts.interruptible():
                 result = self.task.fit(cfg, report, ctx)
         except StopTrial as stop:
             finish("pruned", stop.reason, reason_detail=stop.detail)
             raise optuna.TrialPruned(str(stop)) from None
         except KeyboardInterrupt:
-            finish("interrupted", "interrupted")
+            # Ctrl-C / SIGTERM (reason `interrupted`) or a supervisor that died (`supervisor_gone`).
+            finish("interrupted", interrupts.reason())
             raise
         except SigntuneError as exc:
             # A data problem found mid-study (a feature file changed or broke): reason `data`,
@@ -187,8 +230,42 @@ class Objective:
             best_epoch=int(result.metrics.get("epoch", result.epochs_run)),
             **extra,
         )
-        self.tracker.log_summary(ensure_run(), result.metrics)
+        run = ensure_run()
+        if run:
+            track("log the summary", lambda: self.tracker.log_summary(run, result.metrics))
         return float(value)
+
+
+class Heartbeat:
+    """Records the running trial's ``heartbeat`` user attr (epoch seconds) every
+    ``HEARTBEAT_INTERVAL_S`` from a daemon thread, so that ``runner.reap_stale`` can tell a
+    trial whose host died from a slow one, on every storage. A failed write is retried at the
+    next beat."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        import threading
+
+        from signtune.storage import HEARTBEAT_INTERVAL_S
+
+        self.trial = trial
+        self.interval = HEARTBEAT_INTERVAL_S
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="signtune-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(Exception):
+                self.trial.set_user_attr("heartbeat", round(time.time(), 1))
+
+    def __enter__(self) -> Heartbeat:
+        with contextlib.suppress(Exception):
+            self.trial.set_user_attr("heartbeat", round(time.time(), 1))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 class Watchdog:

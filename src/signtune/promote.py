@@ -160,7 +160,7 @@ def promote_best(
     from signtune.runner import open_study
     from signtune.train.loop import evaluate, fit
 
-    study = open_study(spec, create=False, heartbeat=False)
+    study = open_study(spec, create=False)
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
     if not done:
         raise StudyError(f"study {spec.name!r} has no complete trial yet; run `study run --study {spec.name}` first")

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from signtune import interrupts
 from signtune.errors import ConfigError, DeviceLost, Problem, StudyError
 from signtune.objective import EpochCallback, Objective, free_accelerator_memory
 from signtune.space import SearchSpace, check_params
@@ -65,6 +66,10 @@ class RunSummary:
     stopped_by: str = "budget"  # budget | timeout | interrupted | failures
     workers: int = 1
     data: dict[str, Any] = field(default_factory=dict)
+    reaped: list[int] = field(default_factory=list)  # trials of dead processes failed at start
+    tracking_error: str | None = None  # the study run's own MLflow calls that failed
+    tracking_gaps: list[int] = field(default_factory=list)  # trials MLflow still misses after back-fill
+    backfilled: list[int] = field(default_factory=list)  # trials this run logged to MLflow after the fact
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,7 +99,7 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
 
 
-def open_study(spec: StudySpec, *, create: bool = True, heartbeat: bool = True, seed_offset: int = 0) -> optuna.Study:
+def open_study(spec: StudySpec, *, create: bool = True, seed_offset: int = 0) -> optuna.Study:
     """Create (or load) the study named in ``spec`` on its storage."""
     if not create:
         path = spec.storage.split(":///", 1)[1] if spec.storage.startswith(("sqlite:///", "journal:///")) else None
@@ -103,7 +108,7 @@ def open_study(spec: StudySpec, *, create: bool = True, heartbeat: bool = True, 
                 f"no study named {spec.name!r}: {mask_url(spec.storage)} does not exist yet; "
                 f"run `study run --study {spec.name}` first"
             )
-    storage = create_storage(spec.storage, heartbeat=heartbeat)
+    storage = create_storage(spec.storage)
     if not create:
         try:
             return optuna.load_study(
@@ -161,19 +166,26 @@ def enqueue_defaults(study: optuna.Study, spec: StudySpec, space: SearchSpace) -
         study.enqueue_trial(params, user_attrs={"enqueued": True}, skip_if_exists=True)
 
 
-def retry_once(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Re-queue a failed trial's params once (not a retry's, not an interrupted one's).
+# A trial stopped from outside (Ctrl-C, SIGTERM, its supervisor gone) says nothing about its
+# params: the next run samples afresh rather than repeating it.
+NOT_RETRIED = ("interrupted", "supervisor_gone")
+
+
+def retry_once(study: optuna.Study, trial: FrozenTrial, reason: str | None = None) -> bool:
+    """Re-queue a failed trial's params once (not a retry's, not a stopped one's); whether it did.
 
     An out-of-memory failure is retried with half the batch size and twice the gradient
-    accumulation, which keeps the effective batch.
+    accumulation, which keeps the effective batch. ``reason`` overrides the trial's own
+    (a trial failed by another process has not recorded it yet in ``trial``).
     """
-    reason = trial.user_attrs.get("reason")
-    if "retry_of" in trial.user_attrs or reason == "interrupted" or not trial.params:
-        return
+    reason = reason or trial.user_attrs.get("reason")
+    if "retry_of" in trial.user_attrs or reason in NOT_RETRIED or not trial.params:
+        return False
     attrs: dict[str, Any] = {"retry_of": trial.number}
     if reason == "oom":
         attrs["oom_retry"] = True
     study.enqueue_trial(trial.params, user_attrs=attrs)
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,16 +263,20 @@ def worker_loop(
     consecutive_failures = 0
     last: list[FrozenTrial] = []
     while True:
+        interrupts.checkpoint()  # between trials: a stop requested during the last one's bookkeeping
         if deadline is not None and time.time() >= deadline:
             stats.stopped_by = "timeout"
             break
         if not budget.claim():
             break
         last.clear()
-        # n_trials=1 per call keeps the budget in our hands, while optimize() still runs the
-        # heartbeat thread and fails stale trials of dead workers on RDB storages. If it raises
-        # (Ctrl-C, storage gone), the slot is not given back here: a trial left RUNNING is
-        # reaped by the supervisor, which gives its slot back then.
+        # Trials of hosts whose heartbeat stopped are failed (and retried once) first, as
+        # Optuna's own heartbeat would on RDB storages, but on every storage and with a reason.
+        with contextlib.suppress(Exception):  # the storage briefly unreachable: next time
+            reap_stale(objective.spec, study)
+        # n_trials=1 per call keeps the budget in our hands. If it raises (Ctrl-C, storage
+        # gone), the slot is not given back here: a trial left RUNNING is reaped by the
+        # supervisor, which gives its slot back then.
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[lambda _s, t: last.append(t)])
         stats.started += 1
         trial = last[-1] if last else None
@@ -306,32 +322,41 @@ def _worker_main(
 
     ``parent_box`` is a shared char array the supervisor fills with the study's MLflow run id
     once its workers are started; a worker reads it when it creates its first trial run.
+
+    The process starts with SIGINT ignored (see ``interrupts.children_ignore_sigint``); it takes
+    Ctrl-C and SIGTERM as stop requests from here on, and stops by itself, failing its running
+    trial with reason ``supervisor_gone``, if the supervisor dies (a SIGKILL, an OOM-kill).
+    Every phase ends quietly with exit code 130/143 when a stop is requested: no traceback.
     """
+    interrupts.install(child=True)
+    _watch_supervisor()
     os.environ.update(env)  # CUDA_VISIBLE_DEVICES / thread counts, before torch is imported
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends like Ctrl-C
     import warnings
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore")
-    from signtune.space import parse
-
-    task = get_task(spec.task)
-    space = parse(spec.search_space, known_keys=task.config_keys())
-    task.prepare(spec)
-    threads = int(env.get("SIGNTUNE_THREADS", "0"))
-    if threads > 0:
-        import torch
-
-        torch.set_num_threads(threads)
-    study = open_study(spec, create=False, seed_offset=seed_offset)
-    tracker = make_tracker(spec)
-    if isinstance(tracker, Tracker):
-        tracker.parent_from(lambda: _wait_for_parent(parent_box))
-    objective = Objective(spec, space, task, tracker, worker_id=worker_id)
     try:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        warnings.filterwarnings("ignore")
+        from signtune.space import parse
+
+        task = get_task(spec.task)
+        space = parse(spec.search_space, known_keys=task.config_keys())
+        interrupts.checkpoint()
+        with interrupts.interruptible():  # reads the data; writes only through renamed temp files
+            task.prepare(spec)
+        threads = int(env.get("SIGNTUNE_THREADS", "0"))
+        if threads > 0:
+            import torch
+
+            torch.set_num_threads(threads)
+        interrupts.checkpoint()
+        study = open_study(spec, create=False, seed_offset=seed_offset)
+        tracker = make_tracker(spec)
+        if isinstance(tracker, Tracker):
+            tracker.parent_from(lambda: _wait_for_parent(parent_box))
+        objective = Objective(spec, space, task, tracker, worker_id=worker_id, supervisor_pid=os.getppid())
         stats = worker_loop(study, objective, SharedBudget(spec.budget.trials, claimed), deadline=deadline)
     except KeyboardInterrupt:
-        raise SystemExit(130) from None
+        raise SystemExit(interrupts.exit_code() or 130) from None
     except DeviceLost:
         raise SystemExit(DEVICE_LOST) from None  # the supervisor replaces this worker
     except StudyError:
@@ -339,10 +364,33 @@ def _worker_main(
     raise SystemExit(0 if stats.stopped_by != "failures" else WORKER_GAVE_UP)
 
 
+def _watch_supervisor() -> None:
+    """Stop this worker as soon as the process that started it is gone.
+
+    A daemon thread waits on the parent's sentinel (a pipe that closes when the parent exits,
+    however it dies) and then requests a stop, which ends the running trial with reason
+    ``supervisor_gone``. Without it, a SIGKILLed ``study run`` would leave its workers training
+    against the budget while the same command, run again, starts new ones.
+    """
+    import threading
+    from multiprocessing.connection import wait
+
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        interrupts.request("supervisor_gone")
+
+    threading.Thread(target=watch, name="signtune-supervisor-watch", daemon=True).start()
+
+
 def _wait_for_parent(box: Any, timeout_s: float = 120.0) -> str | None:
-    """The parent run id the supervisor writes into ``box``; None if it never comes."""
+    """The parent run id the supervisor writes into ``box``; None if it never comes, or when
+    this worker is stopping (its last run is then logged without a parent)."""
     end = time.time() + timeout_s
-    while time.time() < end:
+    while time.time() < end and not interrupts.pending():
         value = box.value.decode()
         if value:
             return value if value != "-" else None
@@ -407,8 +455,12 @@ def reap_dead(
     *,
     reason: str = "worker_died",
     orphan_age_s: float | None = None,
+    end_runs: bool = True,
 ) -> list[int]:
     """Fail the RUNNING trials of dead local worker processes and re-queue their params once.
+
+    Their MLflow runs are ended too, and with ``end_runs`` the runs of any trial or ``study run``
+    that died (MLflow is opened only then, so a start with nothing to reap stays fast).
 
     Also fails orphans: trials that never named a worker, ``ORPHAN_AGE_S`` after they started.
     """
@@ -424,15 +476,16 @@ def reap_dead(
     if unnamed:
         age = ORPHAN_AGE_S if orphan_age_s is None else orphan_age_s
         wait = (max(unnamed.values()) - datetime.datetime.now()).total_seconds() + age
-        if wait > 0:
-            time.sleep(wait)
+        if wait > 0:  # a Ctrl-C meanwhile ends the wait, unless this is already the Ctrl-C's clean-up
+            (time.sleep if interrupts.pending() else interrupts.sleep)(wait)
         mine += [
             t
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if t.number in unnamed and "pid" not in t.user_attrs and (t.datetime_start or noticed) <= noticed
         ]
     failed = [t.number for t in mine if fail_trial(spec, study, t, reason)]
-    _end_abandoned_runs(spec, study, failed, reason)
+    if failed or end_runs:
+        _end_abandoned_runs(spec, study, failed, reason)
     return [t.number for t in mine]
 
 
@@ -485,7 +538,7 @@ def fail_trial(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, reason:
 
     Uses the storage's public API (the trial belongs to no ``Trial`` object in this process).
     """
-    storage = create_storage(spec.storage, heartbeat=False)
+    storage = create_storage(spec.storage)
     study_id = storage.get_study_id_from_name(study.study_name)
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
     try:
@@ -494,9 +547,7 @@ def fail_trial(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, reason:
             return False
     except Exception:  # finished in the meantime: nothing to reap
         return False
-    attrs = {**trial.user_attrs, "reason": reason}
-    if "retry_of" not in attrs and reason != "interrupted" and trial.params:
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    retry_once(study, trial, reason)
     return True
 
 
@@ -523,13 +574,18 @@ def run_study(
     events = events or RunEvents()
     t0 = time.perf_counter()
     total = spec.budget.trials
+    interrupts.checkpoint()
     study = open_study(spec)
     for key, value in {"spec_hash": spec.hash(), "task": spec.task, "metric": spec.objective.metric}.items():
         study.set_user_attr(key, value)
     if data_summary:
         study.set_user_attr("data", data_summary)
+    # Trials left RUNNING by processes of this host that are gone (a killed `study run` and its
+    # workers) or by a host whose heartbeat stopped: failed (and retried once) before counting.
+    reaped = reap_gone(spec, study)
+    interrupts.checkpoint()
     finished_before = count_finished(study)
-    summary = RunSummary(spec.name, total, finished_before, finished_before, data=data_summary or {})
+    summary = RunSummary(spec.name, total, finished_before, finished_before, data=data_summary or {}, reaped=reaped)
     summary.best_value, summary.best_trial = best_of(study)
     if events.on_start:
         events.on_start(finished_before, total)
@@ -537,6 +593,9 @@ def run_study(
         summary.wall_time_s = time.perf_counter() - t0
         return summary
     enqueue_defaults(study, spec, space)
+    # Who runs the study now: if this process dies without its clean-up, the next run here
+    # ends the MLflow run it leaves RUNNING (see reap_gone).
+    study.set_user_attr("supervisor", {"host": host_id(), "pid": os.getpid()})
 
     tracker = make_tracker(spec)
     # The parent run is created when first needed: after the first epoch in-process, or by the
@@ -568,14 +627,43 @@ def run_study(
         summary.finished = count_finished(study)
         summary.best_value, summary.best_trial = best_of(study)
         export_dir = None
-        if status == "FINISHED":
-            from signtune.export import export_study
+        try:
+            if status == "FINISHED":
+                from signtune.export import export_study
 
-            export_dir = export_study(study, spec)
+                with interrupts.interruptible():  # the export folder is swapped in whole
+                    export_dir = export_study(study, spec)
+        finally:
+            _close_tracking(spec, study, tracker, summary, status, export_dir)
+            with contextlib.suppress(Exception):
+                study.set_user_attr("supervisor", {})
+    return summary
+
+
+def _close_tracking(
+    spec: StudySpec,
+    study: optuna.Study,
+    tracker: Tracker | NullTracker,
+    summary: RunSummary,
+    status: str,
+    export_dir: Path | None,
+) -> None:
+    """End the study's MLflow run and back-fill trials MLflow missed; failures only go to ``summary``."""
+    if not isinstance(tracker, Tracker):
+        return
+    from signtune.tracking import backfill, trials_missing
+
+    try:
+        summary.backfilled = backfill(tracker, study, spec.objective.metric)
         tracker.end_study(
             best_value=summary.best_value, best_params=_best_params(study), export_dir=export_dir, status=status
         )
-    return summary
+    except Exception as exc:
+        summary.tracking_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    try:
+        summary.tracking_gaps = [t.number for t in trials_missing(study)]
+    except Exception:
+        summary.tracking_gaps = []
 
 
 def _run_in_process(
@@ -626,7 +714,8 @@ def _supervise(
             args=(spec, f"{slot}", slot + 1000 * restarts, claimed, deadline, parent_box, plan[slot]),
             name=f"signtune-worker-{slot}",
         )
-        p.start()
+        with interrupts.children_ignore_sigint():  # a Ctrl-C must not land in its start-up
+            p.start()
         procs[slot] = p
         envs[slot] = plan[slot]
 
@@ -637,14 +726,13 @@ def _supervise(
             start(slot)
         if isinstance(tracker, Tracker):  # while the workers import torch and load data
             try:
-                tracker.ensure_study()
-            except Exception:  # MLflow unreachable: stop the workers too (Ctrl-C is handled below)
-                _stop_workers(procs)
-                raise
+                tracker.ensure_study()  # creates (and migrates) the MLflow store before any worker uses it
+            except Exception as exc:  # tracking never stops training: the trials record the gap
+                summary.tracking_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             finally:
                 parent_box.value = (tracker.parent_run_id or "-").encode()
         while procs:
-            time.sleep(POLL_S)
+            interrupts.sleep(POLL_S)
             for slot, p in list(procs.items()):
                 if p.exitcode is None:
                     continue
@@ -704,11 +792,15 @@ def _supervise(
 
 
 def _stop_workers(procs: dict[int, Any], grace_s: float = 20.0) -> None:
-    """Forward Ctrl-C to the workers, wait for them to mark their trials, then terminate."""
+    """Ask the workers to stop (SIGTERM, once), wait for them to mark their trials, then kill.
+
+    A worker still in its start-up ends at once (its SIGTERM is still the default action), and
+    one that also got the terminal's Ctrl-C counts two stop requests, below the forced third.
+    """
     for p in procs.values():
         if p.exitcode is None and p.pid:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGINT)
+                os.kill(p.pid, signal.SIGTERM)
     end = time.time() + grace_s
     for p in procs.values():
         p.join(max(0.0, end - time.time()))
@@ -750,6 +842,8 @@ def run_worker(
 
 
 def pid_alive(pid: Any) -> bool:
+    """Whether process ``pid`` of this host runs. A zombie (exited, not yet reaped by a parent,
+    e.g. a worker whose supervisor was killed) counts as gone."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -758,21 +852,80 @@ def pid_alive(pid: Any) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc here (macOS): signal 0 is all there is
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
 def reap(spec: StudySpec) -> list[int]:
     """Fail trials left RUNNING by workers that are gone: on this host by pid, elsewhere by heartbeat."""
-    study = open_study(spec, create=False)
+    return reap_gone(spec, open_study(spec, create=False))
+
+
+def reap_gone(spec: StudySpec, study: optuna.Study) -> list[int]:
+    """Fail (and retry once) the RUNNING trials whose process is gone: dead pids on this host
+    (reason ``worker_died``), and any host's trials with a stale heartbeat (``heartbeat``).
+
+    Workers of a ``study run`` that was killed stop by themselves within moments; they are
+    waited for first, so that a trial one of them is just finishing is not counted twice.
+    """
     host = host_id()
+    _wait_for_orphaned_workers(study, host)
     gone = {
         t.user_attrs.get("pid")
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if t.user_attrs.get("host") == host and not pid_alive(t.user_attrs.get("pid"))
     }
-    reaped = reap_dead(spec, study, {p for p in gone if isinstance(p, int)})
-    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    with contextlib.suppress(Exception):  # heartbeats exist on RDB storages only
-        optuna.storages.fail_stale_trials(study)
-    after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    return sorted(set(reaped) | (before - after))
+    # A `study run` of this host that died (SIGKILL, OOM-kill) left its MLflow run RUNNING.
+    last = study.user_attrs.get("supervisor") or {}
+    dead_run = last.get("host") == host and not pid_alive(last.get("pid")) and last.get("pid") != os.getpid()
+    reaped = reap_dead(spec, study, {p for p in gone if isinstance(p, int)}, end_runs=dead_run)
+    if dead_run:
+        study.set_user_attr("supervisor", {})
+    return sorted(set(reaped) | set(reap_stale(spec, study)))
+
+
+ORPHANED_WORKER_WAIT_S = 30.0
+
+
+def _wait_for_orphaned_workers(study: optuna.Study, host: str) -> None:
+    """Wait (at most ``ORPHANED_WORKER_WAIT_S``) for live workers on this host whose
+    supervisor is dead: they are failing their trials (``supervisor_gone``) and exiting."""
+    end = time.monotonic() + ORPHANED_WORKER_WAIT_S
+    while time.monotonic() < end:
+        orphaned = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("host") == host
+            and pid_alive(t.user_attrs.get("pid"))
+            and "supervisor" in t.user_attrs
+            and not pid_alive(t.user_attrs["supervisor"])
+        ]
+        if not orphaned:
+            return
+        interrupts.sleep(0.1)
+
+
+def reap_stale(spec: StudySpec, study: optuna.Study, *, now: float | None = None) -> list[int]:
+    """Fail the RUNNING trials whose last heartbeat is older than ``GRACE_PERIOD_S``.
+
+    A trial that never beat (its worker died at once) is judged by its start time. Works the
+    same on SQLite, PostgreSQL and journal storages; the failed trials get reason
+    ``heartbeat``, their params are retried once, and their MLflow runs are ended.
+    """
+    from signtune.storage import GRACE_PERIOD_S
+
+    now = time.time() if now is None else now
+    stale = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = t.user_attrs.get("heartbeat")
+        start = t.datetime_start or datetime.datetime.now()
+        last = float(beat) if isinstance(beat, int | float) else start.timestamp()
+        if now - last > GRACE_PERIOD_S:
+            stale.append(t)
+    failed = [t.number for t in stale if fail_trial(spec, study, t, "heartbeat")]
+    if failed:
+        _end_abandoned_runs(spec, study, failed, "heartbeat")
+    return failed

@@ -5,26 +5,30 @@ Every URL printed or logged goes through ``mask_url`` first.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sqlite3
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from signtune.errors import Problem, StudyError
 
 T = TypeVar("T")
 SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "journal")
-# A heartbeat every 60 s, and a trial is stale after 10 min without one: long enough for an
-# evaluation pass over a large validation split, short enough to recover a dead host's slot.
-HEARTBEAT_INTERVAL_S = 60
-GRACE_PERIOD_S = 600
+# A running trial's worker records a heartbeat every 60 s (the trial's ``heartbeat`` user
+# attr, on every storage, journal included), and a trial is stale after 10 min without one:
+# long enough for an evaluation pass over a large validation split and for clocks a little
+# apart between hosts, short enough to recover a dead host's slot. The environment variables
+# shorten both (tests, or clusters that want a dead host noticed sooner).
+HEARTBEAT_INTERVAL_S = float(os.environ.get("SIGNTUNE_HEARTBEAT_S", "60"))
+GRACE_PERIOD_S = float(os.environ.get("SIGNTUNE_GRACE_S", "600"))
 SQLITE_BUSY_TIMEOUT_S = 60
 
 _PASSWORD_RE = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<tail>@)")
@@ -84,6 +88,50 @@ def _prepare_sqlite(url: str) -> None:
         con.close()
 
 
+def create_sqlite_atomically(path: Path, build: Callable[[Path], None]) -> bool:
+    """Create the SQLite database ``path`` whole or not at all; whether this call created it.
+
+    ``build(tmp)`` creates the schema in a temporary file beside ``path``, which is then
+    hard-linked into place: a kill or an interrupt at any instant leaves either no database
+    or a complete one, never a half-migrated schema. Two processes creating the same store at
+    once both build, and the first link wins (the loser's temporary file is removed).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
+    _remove_sqlite(tmp)
+    try:
+        build(tmp)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        _remove_sqlite(tmp)
+
+
+def _remove_sqlite(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"{path}{suffix}").unlink()
+
+
+def sqlite_problem(path: Path) -> str | None:
+    """What is wrong with the SQLite file ``path`` (None when it reads as a healthy database)."""
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S)
+    except sqlite3.Error as exc:
+        return f"cannot be opened: {exc}"
+    try:
+        result = con.execute("PRAGMA quick_check").fetchone()
+        if not result or result[0] != "ok":
+            return f"is damaged (sqlite quick_check: {result[0] if result else 'no answer'})"
+    except sqlite3.DatabaseError as exc:
+        return f"is not a readable SQLite database ({exc})"
+    finally:
+        con.close()
+    return None
+
+
 TRANSIENT = (
     "database is locked",
     "already exists",
@@ -125,13 +173,22 @@ def _serialize_sqlite_writes(engine: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseStorage:
-    """Open the Optuna storage at ``url``.
+def _build_optuna_sqlite(tmp: Path, engine_kwargs: dict[str, Any]) -> None:
+    """Optuna's schema in a new SQLite file (WAL), every connection closed afterwards."""
+    _prepare_sqlite(f"sqlite:///{tmp}")
+    built = RDBStorage(f"sqlite:///{tmp}", engine_kwargs=engine_kwargs)
+    built.engine.dispose()
+
+
+def create_storage(url: str) -> optuna.storages.BaseStorage:
+    """Open the Optuna storage at ``url``; a new SQLite file is created whole or not at all.
+
+    Liveness is signtune's own (the ``heartbeat`` trial attr, see ``runner.reap_stale``), the
+    same on every storage: Optuna's RDB heartbeat fails a stale trial before anyone can record
+    why, and the journal storage has none.
 
     Args:
         url: ``sqlite:///path``, ``postgresql+psycopg://...`` or ``journal:///path``.
-        heartbeat: record heartbeats for running trials (RDB storages) so that trials of a
-            dead worker are failed and retried once by ``RetryHeartbeatStaleTrialCallback``.
 
     Raises:
         StudyError: the storage cannot be opened; the message masks any password.
@@ -147,20 +204,14 @@ def create_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseS
             return JournalStorage(JournalFileBackend(str(path)))
         engine_kwargs: dict[str, Any]
         if url.startswith("sqlite"):
-            _prepare_sqlite(url)
             engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+            path = _sqlite_path(url)
+            if str(path) not in ("", ":memory:") and not path.exists():
+                create_sqlite_atomically(path, lambda tmp: _build_optuna_sqlite(tmp, engine_kwargs))
+            _prepare_sqlite(url)
         else:
             engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 300}
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since v2.8
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            hb: dict[str, Any] = {}
-            if heartbeat:
-                hb = {
-                    "heartbeat_interval": HEARTBEAT_INTERVAL_S,
-                    "grace_period": GRACE_PERIOD_S,
-                    "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1),
-                }
-            storage = _with_retry(lambda: RDBStorage(url, engine_kwargs=engine_kwargs, **hb))
+        storage = _with_retry(lambda: RDBStorage(url, engine_kwargs=engine_kwargs))
         if url.startswith("sqlite"):
             _serialize_sqlite_writes(storage.engine)
         return storage

@@ -13,10 +13,10 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from signtune.errors import ConfigError, Problem
-from signtune.storage import mask_url
+from signtune.storage import create_sqlite_atomically, mask_url, sqlite_problem
 
 # Trial states -> MLflow run states. Pruned runs end FINISHED and carry the tag
 # ``signtune.state=pruned``; MLflow has no pruned state of its own.
@@ -116,7 +116,7 @@ class Tracker:
             _quiet_mlflow()  # mlflow configures its loggers on import
 
             if self.uri.startswith("sqlite:///"):
-                Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+                create_sqlite_store(Path(self.uri[len("sqlite:///") :]), self.artifact_dir)
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
@@ -330,9 +330,174 @@ def end_abandoned_runs(
     return ended
 
 
+def create_sqlite_store(path: Path, artifact_dir: Path | None) -> bool:
+    """Create a local MLflow store at ``path`` whole or not at all; whether this call made it.
+
+    MLflow builds a new store by running its schema migrations one by one; cut off halfway (a
+    Ctrl-C, a kill), they leave a store that every later run fails on. Here they run on a
+    temporary file that is linked into place only when complete.
+    """
+    if path.exists():
+        return False
+    _quiet_mlflow()
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    root = (artifact_dir or path.parent / "mlartifacts").resolve().as_uri()
+
+    def build(tmp: Path) -> None:
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", root)
+        store.engine.dispose()
+
+    return create_sqlite_atomically(path, build)
+
+
+def schema_revisions() -> tuple[frozenset[str], str | None]:
+    """The MLflow schema revisions the installed MLflow knows, and its head revision.
+
+    Read from MLflow's migration files without importing MLflow (a check at start-up must be cheap).
+    """
+    import importlib.util
+    import re
+
+    found = importlib.util.find_spec("mlflow")
+    if found is None or not found.submodule_search_locations:
+        return frozenset(), None
+    folder = Path(next(iter(found.submodule_search_locations))) / "store" / "db_migrations" / "versions"
+    revisions: set[str] = set()
+    downs: set[str] = set()
+    for file in folder.glob("*.py"):
+        text = file.read_text(encoding="utf-8", errors="replace")
+        rev = re.search(r"^revision\s*=\s*['\"](\w+)['\"]", text, re.MULTILINE)
+        down = re.search(r"^down_revision\s*=\s*['\"](\w+)['\"]", text, re.MULTILINE)
+        if rev:
+            revisions.add(rev.group(1))
+        if down:
+            downs.add(down.group(1))
+    heads = revisions - downs
+    return frozenset(revisions), (next(iter(heads)) if len(heads) == 1 else None)
+
+
+class StoreProblem(NamedTuple):
+    """What is wrong with a tracking store, and how ``study doctor --repair`` mends it."""
+
+    message: str
+    repair: Literal["rebuild", "upgrade"]
+
+
+def store_problem(uri: str) -> StoreProblem | None:
+    """A local (SQLite) MLflow store's damage or schema mismatch; None when healthy, absent or remote.
+
+    Reads the file with sqlite3 only: no MLflow import, nothing written.
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri[len("sqlite:///") :])
+    if not path.is_file():
+        return None
+    problem = sqlite_problem(path)
+    if problem:
+        return StoreProblem(f"{path} {problem}", "rebuild")
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        leftover = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+        if leftover:
+            return StoreProblem(
+                f"{path}: a schema migration was cut off halfway (table {leftover[0]} left behind)", "rebuild"
+            )
+        if "alembic_version" not in tables or "runs" not in tables:
+            return StoreProblem(f"{path} holds no complete MLflow schema (tables: {sorted(tables)[:6]})", "rebuild")
+        row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+    finally:
+        con.close()
+    known, head = schema_revisions()
+    version = row[0] if row else None
+    if version is None:
+        return StoreProblem(f"{path} records no schema version", "rebuild")
+    if known and version not in known:
+        return StoreProblem(
+            f"{path} has schema revision {version}, which this MLflow does not know (a newer MLflow made it)",
+            "rebuild",
+        )
+    if head and version != head:
+        return StoreProblem(f"{path} has schema revision {version}, older than this MLflow's {head}", "upgrade")
+    return None
+
+
 def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     for name in ("mlflow", "mlflow.store.db.utils", "alembic", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="mlflow")
+
+
+def trials_missing(study: Any) -> list[Any]:
+    """The finished trials whose tracking failed (``tracking_gap``) and that no back-fill logged yet."""
+    from optuna.trial import TrialState
+
+    done = set(study.user_attrs.get("tracking_backfilled", []))
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=states)
+        if "tracking_gap" in t.user_attrs and t.number not in done
+    ]
+
+
+def backfill(tracker: Tracker, study: Any, metric: str, numbers: set[int] | None = None) -> list[int]:
+    """Log to MLflow the trials it missed while it failed; the numbers of the trials logged.
+
+    Optuna is the record: each trial's run (its own, if it was created, or a new one tagged
+    ``signtune.backfilled``) gets the params, the objective ``metric`` per epoch (the epochs
+    not logged yet), the final value and the trial's end state and reason. Other per-epoch
+    metrics of those trials were never stored anywhere and stay missing. Done trials are
+    listed in the study's ``tracking_backfilled`` user attr, so each is logged once.
+    ``numbers`` picks the finished trials to log instead (a rebuilt store misses them all).
+    """
+    from optuna.trial import TrialState
+
+    if numbers is None:
+        missing = trials_missing(study)
+    else:
+        missing = [t for t in study.get_trials(deepcopy=False) if t.number in numbers and t.state.is_finished()]
+    if not missing:
+        return []
+    filled: list[int] = []
+    try:
+        for t in missing:
+            run_id = _existing_run(tracker, t.user_attrs.get("mlflow_run_id"))
+            tags = {k: str(t.user_attrs[k]) for k in ("host", "worker", "pid", "subset", "epochs") if k in t.user_attrs}
+            if run_id is None:
+                run_id = tracker.start_trial(t.number, params=dict(t.params), tags={**tags, "backfilled": "true"})
+                logged: set[int] = set()
+            else:
+                logged = {m.step for m in tracker.client.get_metric_history(run_id, metric)}
+                tracker.client.set_tag(run_id, "signtune.backfilled", "true")
+            for step, value in sorted(t.intermediate_values.items()):
+                if step not in logged:
+                    tracker.log_epoch(run_id, {metric: value}, step)
+            if t.state == TrialState.COMPLETE and t.value is not None:
+                tracker.log_summary(run_id, {metric: t.value})
+            reason = str(t.user_attrs.get("reason", ""))
+            state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(
+                t.state, "interrupted" if reason in ("interrupted", "supervisor_gone") else "failed"
+            )
+            tracker.end_trial(run_id, state=state, reason=reason)
+            filled.append(t.number)
+    finally:
+        if filled:
+            done = set(study.user_attrs.get("tracking_backfilled", []))
+            study.set_user_attr("tracking_backfilled", sorted(done | set(filled)))
+    return filled
+
+
+def _existing_run(tracker: Tracker, run_id: Any) -> str | None:
+    if not isinstance(run_id, str) or not run_id:
+        return None
+    try:
+        return str(tracker.client.get_run(run_id).info.run_id)
+    except Exception:  # never created, or the store was rebuilt since
+        return None

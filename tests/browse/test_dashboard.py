@@ -74,7 +74,7 @@ def test_dashboard_lists_the_trials_of_a_running_study(
     assert len(first) < TRIALS or any(t["state"] == "Running" for t in first), "seen before the study finished"
 
     assert run.wait(timeout=120) == 0, (root / "run.log").read_text()[-3000:]
-    study = optuna.load_study(study_name=name, storage=create_storage(browse_project.storage(name), heartbeat=False))
+    study = optuna.load_study(study_name=name, storage=create_storage(browse_project.storage(name)))
     trials = study.get_trials()
     assert len(trials) == TRIALS
     assert [t for t in trials if t.state == TrialState.FAIL] == []

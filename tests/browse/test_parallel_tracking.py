@@ -29,7 +29,7 @@ def test_four_workers_log_one_parent_and_a_child_per_trial(browse_project: Brows
 
     db = browse_project.mlflow_db(name)
     assert db.is_file(), "tracking on by default writes studies/<name>/mlflow.db"
-    study = optuna.load_study(study_name=name, storage=create_storage(browse_project.storage(name), heartbeat=False))
+    study = optuna.load_study(study_name=name, storage=create_storage(browse_project.storage(name)))
     trials = study.get_trials()
     assert len(trials) == TRIALS, res.stderr[-3000:]
     assert [t for t in trials if t.state not in (TrialState.COMPLETE, TrialState.PRUNED)] == []
@@ -76,7 +76,7 @@ def test_four_workers_log_one_parent_and_a_child_per_trial(browse_project: Brows
 
 def _ask_at_once(url: str, name: str, rounds: int, barrier: Any, out: Any) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.load_study(study_name=name, storage=create_storage(url, heartbeat=False))
+    study = optuna.load_study(study_name=name, storage=create_storage(url))
     numbers = []
     for _ in range(rounds):
         barrier.wait()  # every worker asks for its next trial at the same moment
@@ -95,7 +95,7 @@ def test_a_waiting_trial_goes_to_one_worker(tmp_path: Path) -> None:
     """
     workers, rounds = 4, 3
     url, name = f"sqlite:///{tmp_path / 'race.db'}", "race"
-    study = optuna.create_study(study_name=name, storage=create_storage(url, heartbeat=False))
+    study = optuna.create_study(study_name=name, storage=create_storage(url))
     for i in range(workers * rounds):
         study.enqueue_trial({"x": i / 100})
     ctx = mp.get_context("spawn")

@@ -42,7 +42,7 @@ def test_study_logs_to_a_remote_mlflow_server(
     assert res.returncode == 0, res.stderr[-3000:]
     assert not browse_project.mlflow_db(name).exists(), "--tracking-uri replaces the default SQLite store"
 
-    study = optuna.load_study(study_name=name, storage=create_storage(browse_project.storage(name), heartbeat=False))
+    study = optuna.load_study(study_name=name, storage=create_storage(browse_project.storage(name)))
     trials = study.get_trials()
     assert len(trials) == TRIALS and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
 

@@ -32,7 +32,7 @@ def _run(project: Path, faults: str, *args: str, trial_timeout: float | None = N
     )
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
-    study = optuna.load_study(study_name="fast", storage=create_storage(URL, heartbeat=False))
+    study = optuna.load_study(study_name="fast", storage=create_storage(URL))
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(finished) == trials, "faults never cost the study its budget"
     assert not study.get_trials(states=(TrialState.RUNNING,))

@@ -192,7 +192,7 @@ def test_passwords_never_leak(fast_project: Path, backend: str) -> None:
     finally:
         if backend == "postgresql":
             with contextlib.suppress(KeyError):
-                optuna.delete_study(study_name=name, storage=create_storage(PG_URL, heartbeat=False))
+                optuna.delete_study(study_name=name, storage=create_storage(PG_URL))
 
 
 # --- (c) nothing is unpickled ---------------------------------------------------------------------

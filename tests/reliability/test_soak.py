@@ -35,7 +35,7 @@ def test_soak_random_faults_on_postgres(fast_project: Path) -> None:
         timeout=900,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    study = optuna.load_study(study_name=name, storage=create_storage(PG_URL, heartbeat=False))
+    study = optuna.load_study(study_name=name, storage=create_storage(PG_URL))
     trials = study.get_trials()
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 100
     assert not study.get_trials(states=(TrialState.RUNNING,))
@@ -51,4 +51,4 @@ def test_soak_random_faults_on_postgres(fast_project: Path) -> None:
     for t in faulted:
         run = client.get_run(t.user_attrs["mlflow_run_id"])
         assert run.data.tags.get("signtune.reason") == t.user_attrs["reason"]
-    optuna.delete_study(study_name=name, storage=create_storage(PG_URL, heartbeat=False))
+    optuna.delete_study(study_name=name, storage=create_storage(PG_URL))

@@ -75,7 +75,7 @@ def storage_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def study_cmd(*args: str, cwd: Path) -> list[str]:
-    return [sys.executable, "-m", "signtune.cli", *args]
+    return [sys.executable, "-m", "signtune", *args]
 
 
 def run_study(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:

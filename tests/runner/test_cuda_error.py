@@ -38,7 +38,7 @@ def _project(fast_project: Path, trials: int, delay: float = 0.02) -> None:
 
 
 def _study() -> optuna.Study:
-    return optuna.load_study(study_name="fast", storage=create_storage(URL, heartbeat=False))
+    return optuna.load_study(study_name="fast", storage=create_storage(URL))
 
 
 def _check_retried(study: optuna.Study, trials: int) -> None:

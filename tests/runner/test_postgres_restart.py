@@ -48,7 +48,7 @@ def test_study_survives_a_postgres_restart(fast_project: Path) -> None:
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
-                study = optuna.load_study(study_name=name, storage=create_storage(PG_URL, heartbeat=False))
+                study = optuna.load_study(study_name=name, storage=create_storage(PG_URL))
                 if len(study.get_trials(states=(TrialState.COMPLETE,))) >= 3:
                     break
             except Exception:
@@ -59,7 +59,7 @@ def test_study_survives_a_postgres_restart(fast_project: Path) -> None:
     finally:
         proc.kill()
     assert proc.returncode == 0, err
-    study = optuna.load_study(study_name=name, storage=create_storage(PG_URL, heartbeat=False))
+    study = optuna.load_study(study_name=name, storage=create_storage(PG_URL))
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(finished) == 16
     assert not study.get_trials(states=(TrialState.RUNNING,))

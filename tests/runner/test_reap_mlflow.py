@@ -62,7 +62,7 @@ def client(spec: StudySpec) -> Any:
 
 def test_reap_fails_the_dead_workers_runs_and_spares_the_living(tracked: StudySpec) -> None:
     spec = tracked
-    study = runner.open_study(spec, heartbeat=False)
+    study = runner.open_study(spec)
     tracker = runner.make_tracker(spec)
     assert isinstance(tracker, Tracker)
     parent = tracker.start_study(study_name=spec.name, storage=spec.storage, params={}, tags={})  # this process's
@@ -90,7 +90,7 @@ def test_reap_fails_the_dead_workers_runs_and_spares_the_living(tracked: StudySp
 
 def test_reap_command_ends_a_killed_study_runs_parent_and_trial_runs(tracked: StudySpec) -> None:
     spec = tracked
-    study = runner.open_study(spec, heartbeat=False)
+    study = runner.open_study(spec)
     tracker = runner.make_tracker(spec)
     assert isinstance(tracker, Tracker)
     parent = tracker.start_study(study_name=spec.name, storage=spec.storage, params={}, tags={})
@@ -112,7 +112,7 @@ def test_reap_command_ends_a_killed_study_runs_parent_and_trial_runs(tracked: St
 
 def test_a_dead_study_runs_parent_stays_open_while_one_of_its_workers_trains(tracked: StudySpec) -> None:
     spec = tracked
-    study = runner.open_study(spec, heartbeat=False)
+    study = runner.open_study(spec)
     tracker = runner.make_tracker(spec)
     assert isinstance(tracker, Tracker)
     parent = tracker.start_study(study_name=spec.name, storage=spec.storage, params={}, tags={})
@@ -130,7 +130,7 @@ def test_a_tracking_error_never_breaks_reaping_and_a_later_reap_repairs_it(
     tracked: StudySpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = tracked
-    study = runner.open_study(spec, heartbeat=False)
+    study = runner.open_study(spec)
     tracker = runner.make_tracker(spec)
     assert isinstance(tracker, Tracker)
     gone = dead_pid()
@@ -159,7 +159,7 @@ def test_reaping_without_tracking_never_opens_mlflow(fast_project: Path, monkeyp
     path = fast_project / "studies" / "fast" / "study.yaml"
     path.write_text(fast_spec(trials=2, storage="sqlite:///studies/fast/study.db"))  # tracking: {enabled: false}
     spec = load_spec(path)
-    study = runner.open_study(spec, heartbeat=False)
+    study = runner.open_study(spec)
     trial = study.ask(X)
     gone = dead_pid()
     trial.set_user_attr("pid", gone)

@@ -24,7 +24,7 @@ def project(fast_project: Path) -> Path:
 
 
 def _trials() -> list[optuna.trial.FrozenTrial]:
-    study = optuna.load_study(study_name="fast", storage=create_storage(URL, heartbeat=False))
+    study = optuna.load_study(study_name="fast", storage=create_storage(URL))
     return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
 
 

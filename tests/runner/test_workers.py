@@ -23,7 +23,7 @@ def _write(project: Path, text: str, name: str) -> None:
 
 
 def _load(name: str, url: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=create_storage(url, heartbeat=False))
+    return optuna.load_study(study_name=name, storage=create_storage(url))
 
 
 def test_four_workers_exact_budget(fast_project: Path, storage_url: str) -> None:
