@@ -83,19 +83,28 @@ def _port_free(host: str, port: int) -> None:
             ) from None
 
 
+# Commands that place their own interrupt points (storage and tracking writes are never cut);
+# every other command may be interrupted anywhere, as Python does by default: what they write
+# goes through temporary files renamed into place, or SQLite transactions.
+MANAGES_INTERRUPTS = ("run", "worker")
+
+
 def handle_errors(fn: F) -> F:
-    """Map user errors to exit 2 and Ctrl-C to exit 130, without a traceback."""
+    """Map user errors to exit 2 and Ctrl-C to exit 130 (SIGTERM to 143), without a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from signtune import interrupts
+
         try:
-            return fn(*args, **kwargs)
+            if fn.__name__ in MANAGES_INTERRUPTS:
+                return fn(*args, **kwargs)
+            with interrupts.interruptible():
+                return fn(*args, **kwargs)
         except SigntuneError as exc:
             _print_problems(exc)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            from signtune import interrupts
-
             err.print(f"[yellow]Interrupted.[/] {INTERRUPTED.get(fn.__name__, '')}".rstrip())
             raise typer.Exit(interrupts.exit_code() or 130) from None
 

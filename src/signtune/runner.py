@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -344,10 +345,10 @@ def _worker_main(
         with interrupts.interruptible():  # reads the data; writes only through renamed temp files
             task.prepare(spec)
         threads = int(env.get("SIGNTUNE_THREADS", "0"))
-        if threads > 0:
-            import torch
-
-            torch.set_num_threads(threads)
+        if threads > 0 and "torch" in sys.modules:
+            # A task that never imports torch (a plug-in) does not pay for its import here;
+            # one that imports it later gets the same count from OMP_NUM_THREADS.
+            sys.modules["torch"].set_num_threads(threads)
         interrupts.checkpoint()
         study = open_study(spec, create=False, seed_offset=seed_offset)
         tracker = make_tracker(spec)

@@ -43,6 +43,7 @@ def _trial_runs(db: Path) -> list[object]:
     return [r for r in runs if r.data.tags.get("signtune.role") == "trial"]
 
 
+@pytest.mark.slow  # three study commands with MLflow
 def test_damaged_tracking_store_is_refused_then_repaired_with_nothing_lost(fast_project: Path) -> None:
     _tracked_spec(fast_project, trials=3)
     assert run_study("run", "--study", "fast", cwd=fast_project).returncode == 0
@@ -74,6 +75,7 @@ def test_damaged_tracking_store_is_refused_then_repaired_with_nothing_lost(fast_
     assert len(_trial_runs(db)) == 4
 
 
+@pytest.mark.slow  # three study commands with MLflow
 def test_tracking_failure_never_fails_a_trial_and_export_backfills(fast_project: Path) -> None:
     blocker = fast_project / "studies" / "fast" / "mlruns"
     blocker.write_text("a file where the tracking store's folder should be")
