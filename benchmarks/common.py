@@ -137,16 +137,23 @@ def run_group(
     timeout_s: float | None = None,
     env: dict[str, str] | None = None,
     cwd: Path | str | None = None,
-    grace_s: float = 20.0,
+    grace_s: float = 10.0,
 ) -> Finished:
     """Run ``cmd`` in a process group of its own, so a time limit stops its children too.
 
     Past ``timeout_s`` the whole group gets SIGINT, as Ctrl-C in a terminal would send it
     (``study run`` then fails its running trials with reason ``interrupted`` and exits 130),
     and SIGKILL ``grace_s`` later if anything is still running. ``subprocess.run``'s own
-    timeout would kill the parent alone and leave its worker processes training.
+    timeout would kill the parent alone and leave its worker processes training. When this
+    process is itself interrupted while it waits (Ctrl-C, or SIGTERM turned into
+    KeyboardInterrupt), the group is stopped the same way before the exception goes on, so
+    nested time limits (the GPU check's parts, their ``study run``s) never leave orphans.
     """
     import signal
+
+    def signal_group(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
 
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -154,16 +161,22 @@ def run_group(
     )
     timed_out = False
     try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
         try:
-            os.killpg(proc.pid, signal.SIGINT)
-            out, err = proc.communicate(timeout=grace_s)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            signal_group(signal.SIGINT)
+            try:
+                out, err = proc.communicate(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                signal_group(signal.SIGKILL)
+                out, err = proc.communicate()
+    except BaseException:  # this process is being stopped: its children go with it
+        signal_group(signal.SIGINT)
+        with contextlib.suppress(BaseException):
+            proc.wait(timeout=min(grace_s, 5.0))
+        signal_group(signal.SIGKILL)
+        raise
     return Finished(proc.returncode, out, err, time.perf_counter() - t0, timed_out)
 
 
