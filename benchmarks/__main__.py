@@ -566,6 +566,9 @@ def render(results: dict[str, Any], mach: dict[str, str], suite_s: float, data: 
         sections.append(pack_section(results["pack"], data))
     if "scaling" in results:
         sections.append(scaling_section(results["scaling"], data))
+    from benchmarks.gpu.render import embedded_section
+
+    sections.append(embedded_section())  # written by the GPU check (benchmarks/gpu), kept on every CPU rerun
     timing = _table(["benchmark", "seconds"], [[k, f"{v:.0f}"] for k, v in notes.get("durations", {}).items()])
     tail = ["## Suite timing", timing,
             "`$DATA` in the commands is the temporary folder the suite generated the demo data into "

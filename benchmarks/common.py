@@ -7,6 +7,7 @@ records wall time and the process's CPU time (both threads included).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -65,12 +66,14 @@ def load_demo(root: Path, *, subset: float, overrides: dict[str, Any] | None = N
     """``(TrainConfig, TaskData)`` of the demo data at ``root`` with ``subset`` of the train split.
 
     The config is the trainer's defaults plus the demo study's ``fixed`` values, on the CPU,
-    plus ``overrides`` (dotted keys).
+    with ``data.feature_dim`` the dataset's own (``synth.json``), plus ``overrides`` (dotted keys).
     """
     from signtune.config import TrainConfig, apply_overrides
     from signtune.data.dataset import load_task_data
 
     values = {"data.root": str(root), "data.subset": subset, "eval.max_len": 32, "run.device": "cpu"}
+    if (root / "synth.json").is_file():
+        values["data.feature_dim"] = synth_params(root)["feature_dim"]
     cfg = apply_overrides(TrainConfig(), {**values, **(overrides or {})})
     data = load_task_data(cfg.data, root.parent, cache_dir=root.parent / ".cache")
     return cfg, data
@@ -115,6 +118,66 @@ def interleave(variants: dict[str, Callable[[], Any]], *, repeats: int, warmup: 
             out[name].cpu_s.append(cpu)
             out[name].results.append(result)
     return out
+
+
+@dataclass
+class Finished:
+    """What ``run_group`` saw of a command."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    wall_s: float
+    timed_out: bool
+
+
+def run_group(
+    cmd: list[str],
+    *,
+    timeout_s: float | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | str | None = None,
+    grace_s: float = 10.0,
+) -> Finished:
+    """Run ``cmd`` in a process group of its own, so a time limit stops its children too.
+
+    Past ``timeout_s`` the whole group gets SIGINT, as Ctrl-C in a terminal would send it
+    (``study run`` then fails its running trials with reason ``interrupted`` and exits 130),
+    and SIGKILL ``grace_s`` later if anything is still running. ``subprocess.run``'s own
+    timeout would kill the parent alone and leave its worker processes training. When this
+    process is itself interrupted while it waits (Ctrl-C, or SIGTERM turned into
+    KeyboardInterrupt), the group is stopped the same way before the exception goes on, so
+    nested time limits (the GPU check's parts, their ``study run``s) never leave orphans.
+    """
+    import signal
+
+    def signal_group(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    timed_out = False
+    try:
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            signal_group(signal.SIGINT)
+            try:
+                out, err = proc.communicate(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                signal_group(signal.SIGKILL)
+                out, err = proc.communicate()
+    except BaseException:  # this process is being stopped: its children go with it
+        signal_group(signal.SIGINT)
+        with contextlib.suppress(BaseException):
+            proc.wait(timeout=min(grace_s, 5.0))
+        signal_group(signal.SIGKILL)
+        raise
+    return Finished(proc.returncode, out, err, time.perf_counter() - t0, timed_out)
 
 
 def loadavg() -> str:

@@ -4,8 +4,9 @@
   and tokenizes its sentence on every ``__getitem__``;
 - a ``DataLoader`` (``shuffle=True``, no workers) with a ``pad_sequence`` collate, so batches
   mix short and long clips and carry more padding than length-aware buckets;
-- fp32, ``optimizer.zero_grad()``, the default (per-tensor) AdamW and gradient clipping on the
-  CPU, ``loss.item()`` after every step;
+- fp32, ``optimizer.zero_grad()``, torch's default AdamW (per-tensor on the CPU, foreach on
+  CUDA), default gradient clipping, ``loss.item()`` after every step (on a GPU, a host sync that
+  drains the launch queue every step);
 - greedy decoding one sentence at a time (batch size 1) without a KV cache: the whole decoder
   re-runs over the prefix for every new token.
 
@@ -82,16 +83,19 @@ def train(
     feature_dim: int,
     vocab_size: int,
     on_epoch: Callable[[int, nn.Module, float], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> nn.Module:
     """Train ``cfg.run.epochs`` epochs; ``on_epoch(epoch, model, mean_loss)`` after each one.
 
     ``on_epoch`` may raise to stop (e.g. ``optuna.TrialPruned`` when a wall budget is spent).
+    ``device``: where the model trains (``cuda`` for the GPU check); each batch is copied there
+    as the tutorial does, with no pinned memory and no autocast (fp32).
     """
     from signtune.models import build_model
     from signtune.train.schedule import build_scheduler
 
     torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg.model, feature_dim=feature_dim, vocab_size=vocab_size)
+    model = build_model(cfg.model, feature_dim=feature_dim, vocab_size=vocab_size).to(device)
     groups = model.named_groups()
     optimizer = torch.optim.AdamW(
         [
@@ -114,7 +118,8 @@ def train(
     for epoch in range(1, cfg.run.epochs + 1):
         model.train()
         total, steps = 0.0, 0
-        for src, src_mask, tgt_in, tgt_out in loader:
+        for batch in loader:
+            src, src_mask, tgt_in, tgt_out = (t.to(device) for t in batch)
             optimizer.zero_grad()
             logits = model(src, src_mask, tgt_in)
             loss = criterion(logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1))

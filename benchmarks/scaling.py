@@ -26,7 +26,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -76,48 +75,86 @@ def write_spec(study_yaml: Path, configs: list[dict[str, Any]], *, epochs: int, 
 
 def run_variant(name: str, data: Path, configs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     """One ``study run`` of the variant in a fresh project; its timings from the process and storage."""
+    v = VARIANTS[name]
+    r = run_enqueued(data, configs, ["--workers", str(v["workers"])], epochs=args.epochs, subset=args.subset,
+                     threads=v["threads"])
+    if r["returncode"] != 0:
+        raise RuntimeError(f"{name}: `study run` exited {r['returncode']}:\n{r['stderr_tail']}")
+    return {"variant": name, "workers": v["workers"], **{k: r[k] for k in r if k not in ("returncode", "stderr_tail")}}
+
+
+def run_enqueued(
+    data: Path,
+    configs: list[dict[str, Any]],
+    cli_args: list[str],
+    *,
+    epochs: int,
+    subset: float,
+    threads: int = 0,
+    cache: Path | None = None,
+    timeout_s: float | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """``study run --subset S <cli_args>`` on a fresh copy of the demo study with ``configs`` enqueued.
+
+    The GPU check calls it with ``--gpus all --workers-per-gpu k`` and ``--no-tracking``.
+    ``cache``: a ``.cache`` folder to share (the packed features and the tokenizer), so each
+    run does not pack the data again. Past ``timeout_s`` the run is stopped like Ctrl-C
+    (``benchmarks.common.run_group``) and the trials it finished still count.
+
+    Returns:
+        Wall and trial-window seconds, trials finished and failed, trials per hour, the children's
+        CPU seconds, ``returncode``, ``timed_out``, ``running_left`` (trials still RUNNING in
+        storage afterwards) and the last lines of stderr.
+    """
     import optuna
 
-    from benchmarks.common import loadavg
+    from benchmarks.common import loadavg, run_group
     from benchmarks.startup import _env, make_project
 
-    v = VARIANTS[name]
     with tempfile.TemporaryDirectory(prefix="signtune-scaling-") as tmp:
         study_yaml = make_project(data, Path(tmp))
-        write_spec(study_yaml, configs, epochs=args.epochs, threads=v["threads"])
-        cmd = [sys.executable, "-m", "signtune.cli", "run", "--study", str(study_yaml),
-               "--subset", str(args.subset), "--workers", str(v["workers"])]
+        write_spec(study_yaml, configs, epochs=epochs, threads=threads)
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            (study_yaml.parent / ".cache").symlink_to(cache.resolve(), target_is_directory=True)
+        cmd = [sys.executable, "-m", "signtune.cli", "run", "--study", str(study_yaml), "--subset", str(subset),
+               *cli_args]
         load_before = loadavg()
         cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, cwd=tmp)
-        wall = time.perf_counter() - t0
+        started = time.time()
+        done_proc = run_group(cmd, timeout_s=timeout_s, env={**_env(), **(env or {})}, cwd=tmp)
         cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{name}: `study run` exited {proc.returncode}:\n{proc.stderr[-3000:]}")
         study = optuna.load_study(study_name="demo", storage=f"sqlite:///{study_yaml.parent / 'study.db'}")
         trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL]
     starts = [t.datetime_start for t in done if t.datetime_start]
     ends = [t.datetime_complete for t in done if t.datetime_complete]
-    window = (max(ends) - min(starts)).total_seconds()
-    durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done]
+    window = (max(ends) - min(starts)).total_seconds() if done else 0.0
+    durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done
+                 if t.datetime_complete and t.datetime_start]
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    wall = done_proc.wall_s
     return {
-        "variant": name,
-        "workers": v["workers"],
+        "returncode": done_proc.returncode,
+        "timed_out": done_proc.timed_out,
         "finished": len(done),
         "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in trials),
+        "running_left": sum(t.state == optuna.trial.TrialState.RUNNING for t in trials),
+        "started_at": started,
+        "window_start": min(starts).timestamp() if done else None,
+        "window_end": max(ends).timestamp() if done else None,
         "wall_s": wall,
         "window_s": window,
         "cpu_s": cpu,
         "cores_busy": cpu / wall,
-        "trials_per_hour_window": 3600 * len(done) / window,
+        "trials_per_hour_window": 3600 * len(done) / window if window > 0 else 0.0,
         "trials_per_hour_wall": 3600 * len(done) / wall,
-        "mean_trial_s": statistics.mean(durations),
+        "mean_trial_s": statistics.mean(durations) if durations else 0.0,
         "params": sorted(json.dumps(t.params, sort_keys=True) for t in done),
         "load_before": load_before,
         "load_after": loadavg(),
+        "stderr_tail": done_proc.stderr[-3000:],
     }
 
 

@@ -190,8 +190,9 @@ def first_step_e2e(study_yaml: Path) -> float:
 def make_project(data_root: Path, where: Path) -> Path:
     """A temp project: studies/demo/study.yaml, search_spaces/sign2text.yaml, data linked in.
 
-    The copy's ``data.synthetic`` is set to the linked data's own parameters (the demo's, unless
-    the smoke test made a smaller set), so ``study run`` finds it complete and generates nothing.
+    The copy's ``data.synthetic`` and ``data.feature_dim`` are set to the linked data's own
+    parameters (the demo's, unless the smoke test made a smaller set or the GPU check a D = 768
+    one), so ``study run`` finds it complete and generates nothing.
     """
     from benchmarks.common import ROOT, synth_params
 
@@ -202,6 +203,7 @@ def make_project(data_root: Path, where: Path) -> Path:
     params = synth_params(data_root)
     for key in ("seed", "n_train", "n_val", "n_test"):
         text = re.sub(rf"(\n    {key}: )\d+", rf"\g<1>{params[key]}", text, count=1)
+    text = re.sub(r"(\n  feature_dim: )\d+", rf"\g<1>{params['feature_dim']}", text, count=1)
     (study_dir / "study.yaml").write_text(text, encoding="utf-8")
     shutil.copy(ROOT / "search_spaces" / "sign2text.yaml", where / "search_spaces" / "sign2text.yaml")
     (study_dir / "data").symlink_to(data_root.resolve(), target_is_directory=True)

@@ -24,7 +24,15 @@ from typing import Any
 TARGET_RATIO = 3.0
 
 
-def _variants(data_root: Path, clips: int, batch_size: int) -> tuple[dict[str, Any], int]:
+def _variants(
+    data_root: Path, clips: int, batch_size: int, *, overrides: dict[str, Any] | None = None, device: str = "cpu"
+) -> tuple[dict[str, Any], int]:
+    """The two loops as zero-argument callables over the same clips, and the optimizer steps per run.
+
+    ``overrides`` (dotted config keys, e.g. the model's shape) apply to both loops; ``device``
+    is where both train (the GPU check passes ``cuda``; ours then uses bf16 autocast and the
+    fused AdamW, the naive loop stays fp32 with torch's default AdamW).
+    """
     from benchmarks import naive
     from benchmarks.common import load_demo, n_train
     from signtune.config import apply_overrides
@@ -33,7 +41,9 @@ def _variants(data_root: Path, clips: int, batch_size: int) -> tuple[dict[str, A
     from signtune.train.loop import fit
 
     subset = clips / n_train(data_root)
-    cfg, data = load_demo(data_root, subset=subset, overrides={"data.batch_size": batch_size})
+    cfg, data = load_demo(
+        data_root, subset=subset, overrides={"data.batch_size": batch_size, "run.device": device, **(overrides or {})}
+    )
     cfg = apply_overrides(cfg, {"run.epochs": 1, "eval.max_len": 1})
     one_val = Split("val", data.val.ids[:1], data.val.texts[:1], data.val.features[:1], data.val.token_ids[:1])
     ours_data = TaskData(data.train, one_val, None, data.tokenizer, data.feature_dim)
@@ -56,6 +66,7 @@ def _variants(data_root: Path, clips: int, batch_size: int) -> tuple[dict[str, A
             feature_dim=data.feature_dim,
             vocab_size=data.tokenizer.vocab_size,
             on_epoch=lambda _e, _m, loss: losses.append(loss),
+            device=device,
         )
         return {"loss": losses[0]}
 
