@@ -124,26 +124,41 @@ def test_stale_heartbeat_fails_with_reason_and_retries(fast_project: Path, kind:
     assert retry[0].system_attrs["fixed_params"] == dead.params  # enqueued: asked with these params
 
 
-def test_workers_stop_by_themselves_when_the_supervisor_is_killed(fast_project: Path) -> None:
-    (fast_project / "studies" / "fast" / "study.yaml").write_text(fast_spec(trials=6, storage=URL, delay=0.2))
-    hang = fast_project / "hang"
-    hang.touch()  # trials hold until the supervisor is gone
+def _held_run(project: Path, trials: int, *flags: str) -> tuple[subprocess.Popen[str], Path]:
+    """`study run` whose trials hold (the plug-in waits while the returned file exists)."""
+    (project / "studies" / "fast" / "study.yaml").write_text(fast_spec(trials=trials, storage=URL, delay=0.2))
+    hang = project / "hang"
+    hang.touch()
     proc = subprocess.Popen(
-        study_cmd("run", "--study", "fast", "--workers", "2", cwd=fast_project),
-        cwd=fast_project,
+        study_cmd("run", "--study", "fast", *flags, cwd=project),
+        cwd=project,
         env={**os.environ, "FASTPLUG_HANG_FILE": str(hang)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    return proc, hang
+
+
+def _wait_running(count: int, timeout: float = 120) -> list[optuna.trial.FrozenTrial]:
+    """Wait until ``count`` trials run and have named their worker."""
+    end = time.monotonic() + timeout
+    running: list[optuna.trial.FrozenTrial] = []
+    while time.monotonic() < end:
+        try:
+            running = [t for t in _study().get_trials(states=(TrialState.RUNNING,)) if "pid" in t.user_attrs]
+        except KeyError:
+            running = []
+        if len(running) >= count:
+            return running
+        time.sleep(0.1)
+    raise AssertionError(f"{len(running)} trials running after {timeout}s, expected {count}")
+
+
+def test_workers_stop_by_themselves_when_the_supervisor_is_killed(fast_project: Path) -> None:
+    proc, hang = _held_run(fast_project, 6, "--workers", "2")
     try:
-        end = time.monotonic() + 120
-        while time.monotonic() < end:
-            running = [t for t in _running() if "pid" in t.user_attrs]
-            if len(running) == 2:
-                break
-            time.sleep(0.1)
-        assert len(running) == 2, "both workers should be in a trial"
+        running = _wait_running(2)
         proc.kill()  # SIGKILL: no clean-up in the supervisor
         # communicate() returns once every holder of the output pipes, the workers too, has exited
         _, err = proc.communicate(timeout=60)
@@ -163,29 +178,10 @@ def test_workers_stop_by_themselves_when_the_supervisor_is_killed(fast_project: 
     assert states.count(TrialState.COMPLETE) == 6 and TrialState.RUNNING not in states
 
 
-def _running() -> list[optuna.trial.FrozenTrial]:
-    try:
-        return _study().get_trials(states=(TrialState.RUNNING,))
-    except KeyError:
-        return []
-
-
 def test_sigterm_mid_trial_ends_like_ctrl_c(fast_project: Path) -> None:
-    (fast_project / "studies" / "fast" / "study.yaml").write_text(fast_spec(trials=4, storage=URL, delay=0.2))
-    hang = fast_project / "hang"
-    hang.touch()
-    proc = subprocess.Popen(
-        study_cmd("run", "--study", "fast", cwd=fast_project),
-        cwd=fast_project,
-        env={**os.environ, "FASTPLUG_HANG_FILE": str(hang)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, _ = _held_run(fast_project, 4)
     try:
-        end = time.monotonic() + 120
-        while time.monotonic() < end and not [t for t in _running() if "pid" in t.user_attrs]:
-            time.sleep(0.1)
+        _wait_running(1)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
