@@ -11,9 +11,12 @@ from signtune import interrupts
 
 def main() -> None:
     interrupts.install()
-    from signtune.cli import app
+    try:
+        from signtune.cli import app
 
-    app()
+        app()
+    finally:
+        interrupts.ignore_from_now()
 
 
 if __name__ == "__main__":

@@ -1164,7 +1164,10 @@ def main() -> None:  # pragma: no cover
     from signtune import interrupts
 
     interrupts.install()
-    app()
+    try:
+        app()
+    finally:
+        interrupts.ignore_from_now()
 
 
 if __name__ == "__main__":  # pragma: no cover

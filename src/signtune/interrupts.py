@@ -169,6 +169,18 @@ def children_ignore_sigint() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
+def ignore_from_now() -> None:
+    """Ignore SIGINT and SIGTERM for the rest of this process (its work is done, it is exiting).
+
+    Python's shutdown puts the default action back on every signal it handles, so a Ctrl-C in
+    the last instant of a finished command would kill it with -SIGINT instead of a clean exit;
+    an ignored signal is left ignored.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def reset() -> None:
     """Forget a pending stop (tests, and a process that handled one and goes on)."""
     _state.signum = None

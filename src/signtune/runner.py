@@ -357,12 +357,15 @@ def _worker_main(
         objective = Objective(spec, space, task, tracker, worker_id=worker_id, supervisor_pid=os.getppid())
         stats = worker_loop(study, objective, SharedBudget(spec.budget.trials, claimed), deadline=deadline)
     except KeyboardInterrupt:
-        raise SystemExit(interrupts.exit_code() or 130) from None
+        code = interrupts.exit_code() or 130
     except DeviceLost:
-        raise SystemExit(DEVICE_LOST) from None  # the supervisor replaces this worker
+        code = DEVICE_LOST  # the supervisor replaces this worker
     except StudyError:
-        raise SystemExit(WORKER_GAVE_UP) from None
-    raise SystemExit(0 if stats.stopped_by != "failures" else WORKER_GAVE_UP)
+        code = WORKER_GAVE_UP
+    else:
+        code = 0 if stats.stopped_by != "failures" else WORKER_GAVE_UP
+    interrupts.ignore_from_now()  # exiting: a late signal must not turn a clean exit into -SIGINT
+    raise SystemExit(code)
 
 
 def _watch_supervisor() -> None:
