@@ -420,11 +420,11 @@ def _print_leaderboard(spec: Any, top: int = 10) -> None:
     from optuna.trial import TrialState
 
     from signtune.runner import open_study
+    from signtune.study import ranked_trials
 
     study = open_study(spec, create=False, heartbeat=False)
     trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    done.sort(key=lambda t: t.value or 0.0, reverse=spec.objective.direction == "maximize")
+    done = ranked_trials(study, spec.objective.direction)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     table = Table(
         title=f"{spec.name}: top {min(top, len(done))} of {len(trials)} trials "

@@ -29,6 +29,7 @@ from typing import Any
 from signtune.config import TrainConfig, apply_overrides, flatten
 from signtune.errors import Problem, SigntuneError, StudyError
 from signtune.faults import kill_after_epoch
+from signtune.folders import commit_dir, recover_dir
 from signtune.spec import StudySpec
 from signtune.storage import mask_url
 from signtune.tasks import Resume
@@ -95,28 +96,6 @@ def save_checkpoint(path: Path, state: Any) -> None:
     commit_dir(tmp, path)
 
 
-def commit_dir(tmp: Path, path: Path) -> None:
-    """Swap the fully written folder ``tmp`` in for ``path``: one complete copy exists throughout.
-
-    The old copy is renamed aside first, so a crash between the two renames leaves it as
-    ``<name>.old``, which ``recover_dir`` puts back.
-    """
-    old = path.with_name(path.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_dir(path: Path) -> Path:
-    """``path``, restored from ``<name>.old`` when a crash fell inside ``commit_dir``."""
-    old = path.with_name(path.name + ".old")
-    if not path.exists() and old.exists():
-        old.rename(path)
-    return path
-
-
 def load_checkpoint(path: Path) -> Any:
     """Read a checkpoint back without unpickling arbitrary objects."""
     import torch
@@ -154,17 +133,15 @@ def promote_best(
     on_epoch: Callable[[str, int, dict[str, float]], None] | None = None,
 ) -> PromoteResult:
     """Retrain the study's top-k configs on the full training split and ship the winner."""
-    from optuna.trial import TrialState
-
     from signtune.data.dataset import load_task_data
     from signtune.runner import open_study
+    from signtune.study import ranked_trials
     from signtune.train.loop import evaluate, fit
 
     study = open_study(spec, create=False, heartbeat=False)
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    done = ranked_trials(study, spec.objective.direction)
     if not done:
         raise StudyError(f"study {spec.name!r} has no complete trial yet; run `study run --study {spec.name}` first")
-    done.sort(key=lambda t: t.value or 0.0, reverse=spec.objective.direction == "maximize")
     top = done[:top_k]
     out = spec.dir / "promoted"
     (out / "candidates").mkdir(parents=True, exist_ok=True)
