@@ -61,7 +61,7 @@ class PromoteResult:
 
 def candidate_config(spec: StudySpec, params: dict[str, Any], *, epochs: int | None, seed: int) -> TrainConfig:
     """Best params + fixed config + full data + the spec's ``promote.overrides``."""
-    overrides = dict(spec.promote.get("overrides", {}) or {})
+    overrides = dict(spec.promote.overrides)
     cfg = apply_overrides(spec.base, {**params, "data.subset": 1.0}, where="trial params")
     cfg = apply_overrides(cfg, overrides, where=f"{spec.path}: promote.overrides")
     values: dict[str, Any] = {"run.seed": seed}
@@ -145,8 +145,8 @@ def promote_best(
     top = done[:top_k]
     out = spec.dir / "promoted"
     (out / "candidates").mkdir(parents=True, exist_ok=True)
-    promote_epochs = epochs if epochs is not None else spec.promote.get("epochs")
-    patience = int(spec.promote.get("patience", 0) or 0)
+    promote_epochs = epochs if epochs is not None else spec.promote.epochs
+    patience = spec.promote.patience
     base_seed = spec.seed
     if spec.task != "sign2text":
         return _promote_plugin(
@@ -200,7 +200,7 @@ def promote_best(
     )
     model.load_state_dict(load_checkpoint(winner.dir / "best").model)
     model.to(device).eval()
-    beam = int(spec.promote.get("beam_size", 5))
+    beam = spec.promote.beam_size
     scores, hyps = evaluate(
         model,
         data.test,
@@ -601,7 +601,7 @@ class _Checkpointer:
 
 def plugin_config(spec: StudySpec, params: dict[str, Any], *, epochs: int | None, seed: int) -> dict[str, Any]:
     """A plug-in's promotion config: fixed + best params + full data + ``promote.overrides``."""
-    overrides = dict(spec.promote.get("overrides", {}) or {})
+    overrides = dict(spec.promote.overrides)
     config = {**spec.fixed, **params, "data.subset": 1.0, **overrides, "run.seed": seed}
     if epochs is not None:
         config["run.epochs"] = epochs
