@@ -818,11 +818,9 @@ def translate(
     """Translate sign clips with a promoted model (batched, CPU or GPU)."""
     import json as _json
 
-    from signtune.config import EvalConfig
     from signtune.data.features import load_feature, resolve_feature_path
-    from signtune.promote import load_promoted
-    from signtune.train.loop import resolve_device
-    from signtune.train.loop import translate as translate_clips
+    from signtune.inference import load_promoted
+    from signtune.inference import translate as translate_clips
 
     if beam < 1:
         raise ConfigError(Problem("--beam", f"must be >= 1, but got {beam}", "e.g. --beam 5"))
@@ -834,8 +832,8 @@ def translate(
                 "e.g. study translate --model studies/demo/promoted clip.npy",
             )
         )
-    net, tokenizer, meta = load_promoted(model)
-    dim = int(meta["feature_dim"])
+    promoted = load_promoted(model)
+    dim = promoted.feature_dim
     items: list[tuple[str, Path]] = []
     if manifest is not None:
         from signtune.data.manifest import read_manifest
@@ -860,19 +858,7 @@ def translate(
         else:
             raise ConfigError(Problem(str(p), "does not exist", "pass .npy/.pt files or a folder of them"))
     clips = [load_feature(path, feature_dim=dim) for _, path in items]
-    dev = resolve_device(device)
-    net.to(dev)
-    eval_cfg = EvalConfig(**meta["eval"])
-    hyps = translate_clips(
-        net,
-        clips,
-        tokenizer,
-        eval_cfg,
-        dev,
-        beam_size=beam,
-        amp=bool(meta.get("run", {}).get("amp", True)),  # bf16 on CUDA, as in training; nothing on CPU
-        max_frames=int(meta["data"]["max_frames"]),
-    )
+    hyps = translate_clips(promoted, clips, beam_size=beam, device=device)  # with the model's run.amp
     if out_file is not None and out_file.suffix == ".json":
         out_file.write_text(
             _json.dumps([{"id": i, "hypothesis": h} for (i, _), h in zip(items, hyps, strict=True)], indent=2)

@@ -9,7 +9,6 @@ BLEU is evaluated on the test split with beam search and written to ``promoted/`
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -25,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from signtune.config import TrainConfig, apply_overrides, flatten
-from signtune.errors import Problem, SigntuneError, StudyError
+from signtune.config import TrainConfig, apply_overrides
+from signtune.errors import SigntuneError, StudyError
 from signtune.faults import kill_after_epoch
 from signtune.folders import commit_dir, recover_dir
 from signtune.spec import StudySpec
@@ -406,20 +405,17 @@ def _write_outputs(
     note: str,
     architecture: dict[str, Any] | None,
 ) -> None:
+    from signtune.inference import write_predictions, write_promoted
+
     shutil.copyfile(winner.dir / "best" / WEIGHTS, out / WEIGHTS)
-    model_cfg = {
-        "family": cfg.model.family,
-        # a t5's own config (and its sign encoder's shape): load_promoted rebuilds it from these alone
-        "architecture": architecture,
-        "feature_dim": data.feature_dim,
-        "vocab_size": data.tokenizer.vocab_size,
-        "model": dataclasses.asdict(cfg.model),
-        "eval": dataclasses.asdict(cfg.eval),
-        "data": {"max_frames": cfg.data.max_frames},
-        "config": flatten(cfg),
-    }
-    (out / "config.json").write_text(json.dumps(model_cfg, indent=2) + "\n")
-    data.tokenizer.save(out / "tokenizer.json")
+    write_promoted(
+        out,
+        cfg,
+        feature_dim=data.feature_dim,
+        vocab_size=data.tokenizer.vocab_size,
+        tokenizer=data.tokenizer,
+        architecture=architecture,
+    )
     metrics = {
         "winner": {
             "trial": winner.trial,
@@ -442,10 +438,7 @@ def _write_outputs(
         "fidelity_note": note,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    with (out / "predictions.tsv").open("w", encoding="utf-8") as f:
-        f.write("id\treference\thypothesis\n")
-        for i, ref, hyp in zip(data.test.ids, data.test.texts, hyps, strict=True):
-            f.write(f"{i}\t{ref}\t{hyp}\n")
+    write_predictions(out, data.test, hyps)
     root = spec.data_root
     hashes = {}
     for name in (cfg.data.train_manifest, cfg.data.val_manifest, cfg.data.test_manifest):
@@ -732,47 +725,3 @@ def _plugin_test(spec: StudySpec, task: Any, config: dict[str, Any], winner: Can
             f"the test hook of task {spec.task} returned {out!r}; return a dict of metric names to numbers"
         )
     return {k: float(v) for k, v in out.items()}
-
-
-def load_promoted(model_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """A promoted model for inference: (model in eval mode, tokenizer, config.json).
-
-    Only ``config.json``, ``tokenizer.json`` and safetensors weights are read: nothing is
-    unpickled.
-    """
-    from safetensors.torch import load_file
-
-    from signtune.config import ModelConfig
-    from signtune.data.tokenizer import load_saved_tokenizer
-    from signtune.errors import DataError
-    from signtune.models import build_model
-
-    config_path, weights = model_dir / "config.json", model_dir / WEIGHTS
-    for path in (config_path, weights, model_dir / "tokenizer.json"):
-        if not path.is_file():
-            raise DataError(
-                Problem(
-                    str(path), "is missing", "point --model at a folder written by `study promote-best` (promoted/)"
-                )
-            )
-    try:
-        meta = json.loads(config_path.read_text())
-        model_cfg = ModelConfig(**meta["model"])
-        model = build_model(
-            model_cfg,
-            feature_dim=int(meta["feature_dim"]),
-            vocab_size=int(meta["vocab_size"]),
-            architecture=meta.get("architecture"),
-        )
-        model.load_state_dict(load_file(str(weights)))
-    except SigntuneError:
-        raise
-    except Exception as exc:  # a damaged or mismatched file (safetensors' errors included)
-        raise DataError(
-            Problem(
-                str(model_dir),
-                f"is not a readable promoted model ({type(exc).__name__}: {exc})",
-                "re-run `study promote-best`",
-            )
-        ) from None
-    return model.eval(), load_saved_tokenizer(model_dir / "tokenizer.json"), meta
