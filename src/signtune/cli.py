@@ -765,6 +765,7 @@ def promote_best_cmd(
 ) -> None:
     """Retrain the best config(s) on the full training split with checkpoints; test the winner."""
     from signtune.promote import promote_best
+    from signtune.runner import open_study
 
     _quiet()
     problems = [
@@ -781,7 +782,10 @@ def promote_best_cmd(
         shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, int | float))
         err.print(f"{name} epoch {epoch}: {shown}", highlight=False)
 
-    result = promote_best(spec, top_k=top_k, epochs=epochs, seeds=seeds, resume=resume, on_epoch=on_epoch)
+    study_obj = open_study(spec, create=False, heartbeat=False)
+    result = promote_best(
+        spec, study_obj, task, top_k=top_k, epochs=epochs, seeds=seeds, resume=resume, on_epoch=on_epoch
+    )
     t = result.test
     if spec.task != "sign2text":  # a plug-in: its own metrics, its optional test hook
         tested = ", ".join(f"{k} {v:.4g}" for k, v in t.items()) or "no test hook (define objective.test)"
@@ -792,8 +796,9 @@ def promote_best_cmd(
             highlight=False,
         )
         return
+    label = {"val_bleu": "val BLEU", "val_chrf": "val chrF"}.get(result.metric, result.metric)
     out.print(
-        f"winner: trial {result.winner.trial} seed {result.winner.seed}, val BLEU {result.winner.value:.2f}\n"
+        f"winner: trial {result.winner.trial} seed {result.winner.seed}, {label} {result.winner.value:.2f}\n"
         f"test (beam {t['beam_size']}): BLEU {t['bleu']:.2f} (1-4-gram precisions: {t['precision1']:.1f}/"
         f"{t['precision2']:.1f}/{t['precision3']:.1f}/{t['precision4']:.1f}), chrF {t['chrf']:.2f}\n"
         f"{t['bleu_signature']}\n{result.fidelity_note}\n"

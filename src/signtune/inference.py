@@ -9,19 +9,23 @@ and safetensors only: nothing is unpickled.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from signtune.config import EvalConfig, ModelConfig, RunConfig, TrainConfig, flatten
-from signtune.errors import DataError, Problem, SigntuneError
+from signtune.errors import DataError, Problem, SigntuneError, StudyError
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
 
     from signtune.data.types import Split, TextTokenizer
     from signtune.models import SignModel
+    from signtune.spec import StudySpec
+    from signtune.tasks import Shipped, TrialContext
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -170,3 +174,77 @@ def translate(promoted: PromotedModel, clips: list[np.ndarray], *, beam_size: in
         amp=promoted.run.amp,  # bf16 on CUDA when it trained so; nothing on CPU
         max_frames=promoted.max_frames,
     )
+
+
+def ship_sign2text(
+    spec: StudySpec, cfg: TrainConfig, weights: dict[str, torch.Tensor], ctx: TrialContext, out: Path
+) -> Shipped:
+    """The built-in task's promote-best ending: beam-search the test split with ``weights`` and
+    write the promoted folder (all but ``model.safetensors``) into ``out``.
+
+    Raises:
+        StudyError: the study has no test split.
+    """
+    import torch
+
+    from signtune.data.dataset import load_task_data
+    from signtune.models import build_model
+    from signtune.tasks import Shipped
+    from signtune.train.loop import evaluate
+
+    data = load_task_data(cfg.data, ctx.study_dir, cache_dir=ctx.study_dir / ".cache")
+    if data.test is None:
+        raise StudyError(
+            Problem(
+                f"{spec.data_root / cfg.data.test_manifest}",
+                "does not exist: promote-best scores the winner on the test split",
+                "add the test split (data.test_manifest) to the study's data",
+            )
+        )
+    device = torch.device(ctx.device)
+    model = build_model(
+        cfg.model, feature_dim=data.feature_dim, vocab_size=data.tokenizer.vocab_size, base_dir=ctx.study_dir
+    )
+    model.load_state_dict(weights)
+    model.to(device).eval()
+    beam = spec.promote.beam_size
+    scores, hyps = evaluate(
+        model,
+        data.test,
+        data.tokenizer,
+        cfg.eval,
+        device,
+        beam_size=beam,
+        amp=cfg.run.amp,  # bf16 on CUDA, as the candidates were validated; nothing on CPU
+        max_frames=cfg.data.max_frames,
+    )
+    test: dict[str, float | str] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in scores.items()}
+    test["beam_size"] = beam
+    # the architecture of the model just tested (a t5's config, its sign encoder's shape), not
+    # re-read from source folders that may have changed since training
+    arch_fn = getattr(model, "architecture", None)
+    write_promoted(
+        out,
+        cfg,
+        feature_dim=data.feature_dim,
+        vocab_size=data.tokenizer.vocab_size,
+        tokenizer=data.tokenizer,
+        architecture=arch_fn() if callable(arch_fn) else None,
+    )
+    write_predictions(out, data.test, hyps)
+    return Shipped(test=test, inputs=_data_hashes(spec.data_root, cfg))
+
+
+def _data_hashes(root: Path, cfg: TrainConfig) -> dict[str, str]:
+    """sha256 of the manifests, and of the sorted list of feature file names."""
+    from signtune.promote.provenance import sha256
+
+    hashes = {}
+    for name in (cfg.data.train_manifest, cfg.data.val_manifest, cfg.data.test_manifest):
+        path = root / name
+        if path.exists():
+            hashes[name] = sha256(path)
+    feats = root / cfg.data.features_dir
+    listing = sorted(p.name for p in feats.iterdir()) if feats.is_dir() else []
+    hashes["features_index"] = hashlib.sha256("\n".join(listing).encode()).hexdigest()
+    return hashes
