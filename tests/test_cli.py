@@ -72,3 +72,12 @@ def test_help_lists_commands(tmp_path: Path) -> None:
     assert res.returncode == 0
     for cmd in ("run", "validate", "export", "status", "train", "data"):
         assert cmd in res.stdout
+
+
+def test_validate_rejects_a_typo_under_promote(study_dir: Path) -> None:
+    _set(study_dir / "study.yaml", "  patience: 3", "  patiense: 3")
+    res = study("validate", "demo", cwd=study_dir.parents[1])
+    assert res.returncode == 2, res.stderr
+    assert "studies/demo/study.yaml: promote.patiense: is not a known key" in res.stderr
+    assert "fix: use one of" in res.stderr and "'patience'" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -60,6 +60,12 @@ INVALID = [
     ({"search_space": "nope.yaml"}, "search_space", "does not exist"),
     ({"enqueue": {"optim.lr": 1.0}}, "enqueue", "must be a list"),
     ({"objective/direction": "up"}, "objective.direction", "must be one of"),
+    ({"promote/patiense": 3}, "promote.patiense", "is not a known key"),
+    ({"promote/epochs": 0}, "promote.epochs", "must be >= 1, but got 0"),
+    ({"promote/beam_size": "5"}, "promote.beam_size", "must be an integer, but got '5'"),
+    ({"promote/overrides": ["run.amp"]}, "promote.overrides", "must be a mapping"),
+    ({"promote/overrides": {"optim.lrate": 0.1}}, "promote.overrides.optim.lrate", "is not a config key"),
+    ({"promote/overrides": {"run.amp": "no"}}, "promote.overrides.run.amp", "must be"),
 ]
 
 
@@ -72,6 +78,17 @@ def test_invalid_spec(study_dir: Path, change: dict, key: str, fragment: str) ->
     assert f"studies/demo/study.yaml: {key}" in text  # file and key path
     assert fragment in text
     assert "secret" not in text
+
+
+def test_promote_section_is_typed_with_defaults(study_dir: Path) -> None:
+    from signtune.spec import PromoteSpec
+
+    spec = load_spec("demo")
+    assert spec.promote == PromoteSpec(epochs=12, patience=3, beam_size=5)
+    _edit(study_dir, {"promote": {"overrides": {"run.amp": False}}})
+    spec = load_spec("demo")
+    assert spec.promote == PromoteSpec(overrides={"run.amp": False})
+    assert (spec.promote.epochs, spec.promote.patience, spec.promote.beam_size) == (None, 0, 5)
 
 
 def test_every_problem_at_once(study_dir: Path) -> None:

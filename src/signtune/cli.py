@@ -458,11 +458,11 @@ def _print_leaderboard(spec: Any, top: int = 10) -> None:
     from optuna.trial import TrialState
 
     from signtune.runner import open_study
+    from signtune.study import ranked_trials
 
     study = open_study(spec, create=False)
     trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    done.sort(key=lambda t: t.value or 0.0, reverse=spec.objective.direction == "maximize")
+    done = ranked_trials(study, spec.objective.direction)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     table = Table(
         title=f"{spec.name}: top {min(top, len(done))} of {len(trials)} trials "
@@ -861,6 +861,7 @@ def promote_best_cmd(
 ) -> None:
     """Retrain the best config(s) on the full training split with checkpoints; test the winner."""
     from signtune.promote import promote_best
+    from signtune.runner import open_study
 
     _quiet()
     problems = [
@@ -877,7 +878,10 @@ def promote_best_cmd(
         shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, int | float))
         err.print(f"{name} epoch {epoch}: {shown}", highlight=False)
 
-    result = promote_best(spec, top_k=top_k, epochs=epochs, seeds=seeds, resume=resume, on_epoch=on_epoch)
+    study_obj = open_study(spec, create=False)
+    result = promote_best(
+        spec, study_obj, task, top_k=top_k, epochs=epochs, seeds=seeds, resume=resume, on_epoch=on_epoch
+    )
     t = result.test
     if spec.task != "sign2text":  # a plug-in: its own metrics, its optional test hook
         tested = ", ".join(f"{k} {v:.4g}" for k, v in t.items()) or "no test hook (define objective.test)"
@@ -888,8 +892,9 @@ def promote_best_cmd(
             highlight=False,
         )
         return
+    label = {"val_bleu": "val BLEU", "val_chrf": "val chrF"}.get(result.metric, result.metric)
     out.print(
-        f"winner: trial {result.winner.trial} seed {result.winner.seed}, val BLEU {result.winner.value:.2f}\n"
+        f"winner: trial {result.winner.trial} seed {result.winner.seed}, {label} {result.winner.value:.2f}\n"
         f"test (beam {t['beam_size']}): BLEU {t['bleu']:.2f} (1-4-gram precisions: {t['precision1']:.1f}/"
         f"{t['precision2']:.1f}/{t['precision3']:.1f}/{t['precision4']:.1f}), chrF {t['chrf']:.2f}\n"
         f"{t['bleu_signature']}\n{result.fidelity_note}\n"
@@ -914,11 +919,9 @@ def translate(
     """Translate sign clips with a promoted model (batched, CPU or GPU)."""
     import json as _json
 
-    from signtune.config import EvalConfig
     from signtune.data.features import load_feature, resolve_feature_path
-    from signtune.promote import load_promoted
-    from signtune.train.loop import resolve_device
-    from signtune.train.loop import translate as translate_clips
+    from signtune.inference import load_promoted
+    from signtune.inference import translate as translate_clips
 
     if beam < 1:
         raise ConfigError(Problem("--beam", f"must be >= 1, but got {beam}", "e.g. --beam 5"))
@@ -930,8 +933,8 @@ def translate(
                 "e.g. study translate --model studies/demo/promoted clip.npy",
             )
         )
-    net, tokenizer, meta = load_promoted(model)
-    dim = int(meta["feature_dim"])
+    promoted = load_promoted(model)
+    dim = promoted.feature_dim
     items: list[tuple[str, Path]] = []
     if manifest is not None:
         from signtune.data.manifest import read_manifest
@@ -956,19 +959,7 @@ def translate(
         else:
             raise ConfigError(Problem(str(p), "does not exist", "pass .npy/.pt files or a folder of them"))
     clips = [load_feature(path, feature_dim=dim) for _, path in items]
-    dev = resolve_device(device)
-    net.to(dev)
-    eval_cfg = EvalConfig(**meta["eval"])
-    hyps = translate_clips(
-        net,
-        clips,
-        tokenizer,
-        eval_cfg,
-        dev,
-        beam_size=beam,
-        amp=bool(meta.get("run", {}).get("amp", True)),  # bf16 on CUDA, as in training; nothing on CPU
-        max_frames=int(meta["data"]["max_frames"]),
-    )
+    hyps = translate_clips(promoted, clips, beam_size=beam, device=device)  # with the model's run.amp
     if out_file is not None and out_file.suffix == ".json":
         out_file.write_text(
             _json.dumps([{"id": i, "hypothesis": h} for (i, _), h in zip(items, hyps, strict=True)], indent=2)

@@ -19,8 +19,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from signtune.errors import StudyError
+from signtune.folders import commit_dir
 from signtune.spec import StudySpec
 from signtune.storage import mask_url
+from signtune.study import ranked_trials
 
 PLOTS = ("param_importances", "optimization_history", "parallel_coordinate", "intermediate_values")
 
@@ -40,14 +42,7 @@ def export_study(study: optuna.Study, spec: StudySpec, out_dir: Path | None = No
         for name, fig in figures.items():
             (tmp / f"{name}.html").write_text(_page(study, name, fig), encoding="utf-8")
         (tmp / "report.html").write_text(report_html(study, spec, figures), encoding="utf-8")
-        old = out.with_name(out.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        if old.exists():
-            shutil.rmtree(old)
+        commit_dir(tmp, out)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise StudyError(
@@ -238,8 +233,7 @@ def _kv_table(d: dict[str, Any]) -> str:
 
 
 def _leaderboard(study: optuna.Study, spec: StudySpec, top: int = 15) -> str:
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    done.sort(key=lambda t: t.value or 0.0, reverse=spec.objective.direction == "maximize")
+    done = ranked_trials(study, spec.objective.direction)
     names = sorted({k for t in done[:top] for k in t.params})
     head = "".join(f"<th>{html.escape(n)}</th>" for n in ["#", spec.objective.metric, "epochs", "time (s)", *names])
     rows = []

@@ -73,6 +73,25 @@ class TrackingSpec:
 
 
 @dataclass(frozen=True)
+class PromoteSpec:
+    """``promote:``: how ``study promote-best`` retrains the study's best configs.
+
+    Attributes:
+        epochs: epochs per candidate (``--epochs`` wins); None: the trials' ``run.epochs``.
+        patience: a candidate stops after this many epochs without a better
+            ``objective.metric``; 0: it trains every epoch.
+        beam_size: the beam of the winner's test-split decoding (the sign2text task).
+        overrides: config values (dotted keys) set on top of each trial's, e.g.
+            ``{run.amp: false}``.
+    """
+
+    epochs: int | None = None
+    patience: int = 0
+    beam_size: int = 5
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class StudySpec:
     """A validated study. ``base`` is the trainer config every trial starts from."""
 
@@ -91,7 +110,7 @@ class StudySpec:
     storage: str
     tracking: TrackingSpec
     enqueue: tuple[dict[str, Any], ...] = ()
-    promote: dict[str, Any] = field(default_factory=dict)
+    promote: PromoteSpec = field(default_factory=PromoteSpec)
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -300,6 +319,12 @@ def check_value(value: Any, tp: Any) -> Any:
         return float(value)
     if tp is str and not isinstance(value, str):
         raise ValueError(f"must be a string, but got {value!r}")
+    if origin is dict:
+        if value is None:  # an empty `key:` line
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError(f"must be a mapping, but got {value!r}")
+        return dict(value)
     return value
 
 
@@ -464,7 +489,20 @@ def load_spec(study: str | Path | None = None, overrides: dict[str, Any] | None 
             else:
                 enqueue.append(dict(item))
 
-    promote = r.section(raw, "promote")
+    promote = r.dataclass_from(PromoteSpec, r.section(raw, "promote"), "promote")
+    for key, low, value, fix in (
+        ("epochs", 1, promote.epochs, "omit it to train as many epochs as the trials (run.epochs)"),
+        ("patience", 0, promote.patience, "0 trains every epoch; e.g. 3"),
+        ("beam_size", 1, promote.beam_size, "1 is greedy decoding; e.g. 5"),
+    ):
+        if value is not None and value < low:
+            r.add(f"promote.{key}", f"must be >= {low}, but got {value}", fix)
+    if task in BUILTIN_TASKS:  # typed config: promote-best would refuse these keys after tuning
+        try:
+            apply_overrides(base, promote.overrides)
+        except ConfigError as exc:
+            for p in exc.problems:
+                r.add("promote.overrides." + p.where.split(": ", 1)[-1], p.message, p.fix)
 
     if r.problems:
         raise ConfigError(r.problems)
@@ -484,7 +522,7 @@ def load_spec(study: str | Path | None = None, overrides: dict[str, Any] | None 
         storage=storage,
         tracking=tracking,
         enqueue=tuple(enqueue),
-        promote=dict(promote),
+        promote=promote,
         raw=raw,
     )
 

@@ -3,6 +3,10 @@
 A task trains one configuration and reports per-epoch metrics. It knows nothing of Optuna or
 MLflow: ``report(epoch, metrics)`` is its only channel out, and it may raise ``StopTrial``
 (pruned) back into the task, which should let it propagate.
+
+``study promote-best`` drives every task, the built-in one included, through the same hooks:
+``promote_config``, then ``fit`` with ``ctx.checkpoint`` (and ``ctx.resume``) set, then
+``ship`` for the winner.
 """
 
 from __future__ import annotations
@@ -10,24 +14,45 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from signtune.config import TrainConfig, apply_overrides, config_keys, flatten
-from signtune.errors import ConfigError, Problem
+from signtune.errors import ConfigError, Problem, SigntuneError, StudyError
+
+if TYPE_CHECKING:
+    from signtune.spec import StudySpec
+    from signtune.train.loop import TrainState
 
 ReportFn = Callable[[int, dict[str, float]], None]
+ConfigT = TypeVar("ConfigT")
 
 
 @dataclass(frozen=True)
 class Resume:
-    """Where ``promote-best --resume`` picks a plug-in up: its last checkpoint."""
+    """A checkpoint read back: where ``promote-best --resume`` picks a task up.
+
+    ``state`` is the rest of the training state a task handed to ``checkpoint`` (the
+    built-in task's optimizer, scheduler, RNG and history); empty when it handed none.
+    """
 
     epoch: int
     tensors: dict[str, Any]  # name -> torch.Tensor, as handed to ``checkpoint``
     metrics: dict[str, float]
+    state: dict[str, Any] = field(default_factory=dict)
 
 
-CheckpointFn = Callable[[int, Mapping[str, Any], Mapping[str, float]], None]
+class CheckpointFn(Protocol):
+    """``ctx.checkpoint(epoch, tensors, metrics)``, optionally with ``state=``: tensors and
+    plain Python values (lists, dicts, numbers), stored with ``torch.save`` and read back with
+    ``weights_only=True``."""
+
+    def __call__(
+        self,
+        epoch: int,
+        tensors: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        state: Mapping[str, Any] | None = None,
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -50,6 +75,20 @@ class TrialContext:
     resume: Resume | None = None
 
 
+@dataclass(frozen=True)
+class Shipped:
+    """What a task's ``ship`` did with promote-best's winner.
+
+    Attributes:
+        test: its scores on held-out data (numbers, plus texts such as a score signature);
+            empty when the task has no test.
+        inputs: sha256 of the inputs it was trained and tested on, by name (provenance.json).
+    """
+
+    test: dict[str, float | str]
+    inputs: dict[str, str]
+
+
 @dataclass
 class TaskResult:
     """What a task returns: the metrics of its best epoch, and facts worth recording."""
@@ -61,8 +100,8 @@ class TaskResult:
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
-class Task(Protocol):
-    """A trainer signtune can tune."""
+class Task(Protocol[ConfigT]):
+    """A trainer signtune can tune and promote; ``ConfigT`` is the config it trains."""
 
     name: str
 
@@ -70,23 +109,37 @@ class Task(Protocol):
         """Dotted config keys a search space or ``fixed:`` block may set (None: any)."""
         ...
 
-    def make_config(self, spec: Any, values: dict[str, Any]) -> Any:
+    def make_config(self, spec: StudySpec, values: dict[str, Any]) -> ConfigT:
         """The config one trial trains: the spec's fixed values, then the trial's ``values``."""
         ...
 
-    def fixed_config(self, spec: Any) -> dict[str, Any]:
+    def fixed_config(self, spec: StudySpec) -> dict[str, Any]:
         """The flat config every trial shares (for exports and MLflow)."""
         ...
 
-    def prepare(self, spec: Any) -> dict[str, Any]:
+    def prepare(self, spec: StudySpec) -> dict[str, Any]:
         """Make the data ready once per process (generate, check, load); return a data summary.
 
         Raises ``DataError`` for bad data, before any trial is created.
         """
         ...
 
-    def fit(self, cfg: Any, report: ReportFn, ctx: TrialContext) -> TaskResult:
-        """Train ``cfg``; call ``report`` once per epoch (1-based) with the metrics."""
+    def fit(self, cfg: ConfigT, report: ReportFn, ctx: TrialContext) -> TaskResult:
+        """Train ``cfg``; call ``report`` once per epoch (1-based) with the metrics.
+
+        When ``ctx.checkpoint`` is set (promote-best), call it after each epoch, before
+        ``report``; when ``ctx.resume`` is set, go on from the epoch after it.
+        """
+        ...
+
+    def promote_config(self, spec: StudySpec, params: dict[str, Any], *, epochs: int | None, seed: int) -> ConfigT:
+        """The config promote-best retrains: a trial's ``params`` on all the training data, with
+        ``promote.overrides``, the ``seed`` and (unless None) ``epochs``."""
+        ...
+
+    def ship(self, spec: StudySpec, cfg: ConfigT, best: Resume, ctx: TrialContext, out_dir: Path) -> Shipped:
+        """Test promote-best's winner (its ``best`` checkpoint, trained with ``cfg``) and write
+        what loading it needs besides the weights (``config.json``...) into ``out_dir``."""
         ...
 
 
@@ -96,18 +149,26 @@ class Sign2TextTask:
     name = "sign2text"
 
     def __init__(self) -> None:
-        self._spec: Any = None
+        self._spec: StudySpec | None = None
 
     def config_keys(self) -> set[str] | None:
         return set(config_keys())
 
-    def make_config(self, spec: Any, values: dict[str, Any]) -> TrainConfig:
+    def make_config(self, spec: StudySpec, values: dict[str, Any]) -> TrainConfig:
         return apply_overrides(spec.base, {**values, "data.subset": spec.budget.subset})
 
-    def fixed_config(self, spec: Any) -> dict[str, Any]:
+    def fixed_config(self, spec: StudySpec) -> dict[str, Any]:
         return {**flatten(spec.base), "data.subset": spec.budget.subset}
 
-    def prepare(self, spec: Any) -> dict[str, Any]:
+    def promote_config(self, spec: StudySpec, params: dict[str, Any], *, epochs: int | None, seed: int) -> TrainConfig:
+        cfg = apply_overrides(spec.base, {**params, "data.subset": 1.0}, where="trial params")
+        cfg = apply_overrides(cfg, spec.promote.overrides, where=f"{spec.path}: promote.overrides")
+        values: dict[str, Any] = {"run.seed": seed}
+        if epochs is not None:
+            values["run.epochs"] = epochs
+        return apply_overrides(cfg, values, where="promote-best flags")
+
+    def prepare(self, spec: StudySpec) -> dict[str, Any]:
         from signtune.data.dataset import load_task_data
         from signtune.models import check_model_files
 
@@ -145,7 +206,29 @@ class Sign2TextTask:
         from signtune.train.loop import fit
 
         data = load_task_data(cfg.data, ctx.study_dir, cache_dir=ctx.study_dir / ".cache")
-        result = fit(cfg, data, report=report, device=torch.device(ctx.device), base_dir=ctx.study_dir)
+        on_epoch_end: Callable[[TrainState], None] | None = None
+        resume: TrainState | None = None
+        checkpoint = ctx.checkpoint
+        if checkpoint is not None:  # promote-best: every epoch's weights and training state are kept
+            from signtune.promote.checkpoint import train_state, training_state
+
+            if ctx.resume is not None:
+                resume = train_state(ctx.resume)
+
+            def on_epoch_end(st: TrainState) -> None:
+                metrics = {k: v for k, v in st.history[-1].items() if k != "epoch"}
+                checkpoint(st.epoch, st.model, metrics, state=training_state(st))
+                report(st.epoch, metrics)  # after the checkpoint, so a stop keeps this epoch's
+
+        result = fit(
+            cfg,
+            data,
+            report=report if checkpoint is None else None,
+            device=torch.device(ctx.device),
+            base_dir=ctx.study_dir,
+            resume=resume,
+            on_epoch_end=on_epoch_end,
+        )
         return TaskResult(
             metrics=dict(result.best),
             epochs_run=result.epochs_run,
@@ -154,8 +237,14 @@ class Sign2TextTask:
             attrs={"bleu_signature": result.bleu_signature},
         )
 
+    def ship(self, spec: StudySpec, cfg: TrainConfig, best: Resume, ctx: TrialContext, out_dir: Path) -> Shipped:
+        """Beam-search the test split with the winner and write the translatable model folder."""
+        from signtune.inference import ship_sign2text
 
-def ensure_spec_data(spec: Any) -> None:
+        return ship_sign2text(spec, cfg, best.tensors, ctx, out_dir)
+
+
+def ensure_spec_data(spec: StudySpec) -> None:
     """Generate a sign2text study's synthetic data on first use (when its spec asks for it)."""
     if spec.synthetic is None:
         return
@@ -191,17 +280,25 @@ class PluginTask:
     def config_keys(self) -> set[str] | None:
         return None
 
-    def make_config(self, spec: Any, values: dict[str, Any]) -> dict[str, Any]:
+    def make_config(self, spec: StudySpec, values: dict[str, Any]) -> dict[str, Any]:
         return {**spec.fixed, **values, "data.subset": spec.budget.subset}
 
-    def fixed_config(self, spec: Any) -> dict[str, Any]:
+    def fixed_config(self, spec: StudySpec) -> dict[str, Any]:
         return {**spec.fixed, "data.subset": spec.budget.subset}
 
-    def prepare(self, spec: Any) -> dict[str, Any]:
+    def promote_config(
+        self, spec: StudySpec, params: dict[str, Any], *, epochs: int | None, seed: int
+    ) -> dict[str, Any]:
+        config = {**spec.fixed, **params, "data.subset": 1.0, **spec.promote.overrides, "run.seed": seed}
+        if epochs is not None:
+            config["run.epochs"] = epochs
+        return config
+
+    def prepare(self, spec: StudySpec) -> dict[str, Any]:
         prepare = getattr(self.fn, "prepare", None)
         return dict(prepare(spec)) if callable(prepare) else {}
 
-    def fit(self, cfg: Any, report: ReportFn, ctx: TrialContext) -> TaskResult:
+    def fit(self, cfg: dict[str, Any], report: ReportFn, ctx: TrialContext) -> TaskResult:
         epochs = 0
 
         def counting_report(epoch: int, metrics: dict[str, float]) -> None:
@@ -218,6 +315,45 @@ class PluginTask:
         if bad:
             raise TypeError(f"task {self.name} returned non-numeric metrics {bad!r}; return numbers only")
         return TaskResult(metrics={k: float(v) for k, v in out.items()}, epochs_run=epochs, device=ctx.device)
+
+    def ship(self, spec: StudySpec, cfg: dict[str, Any], best: Resume, ctx: TrialContext, out_dir: Path) -> Shipped:
+        """The plug-in's optional ``test(config, tensors, ctx)`` hook on the winner, and a
+        ``config.json`` naming the task, the metric, the best epoch and the config."""
+        import json
+        import sys
+
+        from signtune.promote.provenance import sha256
+        from signtune.storage import mask_url
+
+        test = self._test(cfg, best, ctx)
+        doc = {
+            "task": self.name,
+            "metric": spec.objective.metric,
+            "best_epoch": best.epoch,
+            "config": {k: mask_url(v) if isinstance(v, str) else v for k, v in cfg.items()},
+        }
+        (out_dir / "config.json").write_text(json.dumps(doc, indent=2) + "\n")
+        source = Path(getattr(sys.modules.get(self.fn.__module__), "__file__", "") or "")
+        return Shipped(test=dict(test), inputs={source.name: sha256(source)} if source.is_file() else {})
+
+    def _test(self, cfg: dict[str, Any], best: Resume, ctx: TrialContext) -> dict[str, float]:
+        test_fn = getattr(self.fn, "test", None)
+        if not callable(test_fn):
+            return {}
+        where = f"task {self.name}: test"
+        try:
+            out = test_fn(dict(cfg), best.tensors, ctx)
+        except SigntuneError:
+            raise
+        except Exception as exc:
+            raise StudyError(Problem(where, f"raised {type(exc).__name__}: {exc}", "fix the test hook")) from None
+        if not isinstance(out, dict) or any(
+            isinstance(v, bool) or not isinstance(v, int | float) for v in out.values()
+        ):
+            raise StudyError(
+                Problem(where, f"returned {out!r}", "return a dict of metric names to numbers, e.g. {'test_acc': 0.9}")
+            )
+        return {k: float(v) for k, v in out.items()}
 
 
 BUILTIN: dict[str, Callable[[], Task]] = {"sign2text": Sign2TextTask}

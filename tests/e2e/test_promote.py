@@ -144,3 +144,55 @@ def test_translate_refuses_a_pickled_model(tmp_path: Path) -> None:
     clip = tmp_path / "clip.pt"
     torch.save({"features": Evil()}, clip)
     assert not marker.exists()
+
+
+def test_promote_best_ranks_by_the_objective_metric_and_direction(tuned: Path) -> None:
+    """The built-in task's candidates are ranked, and their best/ checkpoints kept, by the spec's
+    ``objective`` (here the training loss, minimised), not by a hard-coded val BLEU."""
+    spec = tuned / "studies" / "tiny" / "study.yaml"
+    text = spec.read_text()
+    assert "objective: {metric: val_chrf, direction: maximize}" in text
+    spec.write_text(
+        text.replace(
+            "objective: {metric: val_chrf, direction: maximize}", "objective: {metric: train_loss, direction: minimize}"
+        )
+    )
+    res = study("promote-best", "--study", "tiny", "--top-k", "2", "--epochs", "2", cwd=tuned)
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads((tuned / "studies" / "tiny" / "promoted" / "metrics.json").read_text())
+    assert metrics["metric"] == "train_loss"
+    losses = [c["train_loss"] for c in metrics["candidates"]]
+    assert len(losses) == 2 and len(set(losses)) == 2
+    assert metrics["winner"]["train_loss"] == min(losses)  # minimised, not maximised
+    assert f"train_loss {min(losses):.2f}" in res.stdout
+
+
+def test_translate_honours_the_promoted_run_amp(tuned: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The promoted config.json keeps the run section, and translate decodes with its run.amp."""
+    spec = tuned / "studies" / "tiny" / "study.yaml"
+    text = spec.read_text()
+    assert "promote: {beam_size: 3}" in text
+    spec.write_text(text.replace("promote: {beam_size: 3}", "promote: {beam_size: 3, overrides: {run.amp: false}}"))
+    res = study("promote-best", "--study", "tiny", "--epochs", "1", cwd=tuned)
+    assert res.returncode == 0, res.stderr
+    out = tuned / "studies" / "tiny" / "promoted"
+
+    # bf16 autocast changes nothing on a CPU, so the decoder is asked what it was told
+    from typer.testing import CliRunner
+
+    import signtune.train.loop as loop
+    from signtune.cli import app
+
+    seen: list[bool] = []
+    decode = loop.translate
+
+    def spy(*args: object, **kwargs: object) -> list[str]:
+        seen.append(bool(kwargs["amp"]))
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "translate", spy)
+    manifest = tuned / "studies" / "tiny" / "data" / "how2sign_realigned_test.csv"
+    result = CliRunner().invoke(app, ["translate", "--model", str(out), "--manifest", str(manifest)])
+    assert result.exit_code == 0, result.output
+    assert seen == [False]
+    assert json.loads((out / "config.json").read_text())["run"]["amp"] is False
