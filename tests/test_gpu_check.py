@@ -33,11 +33,21 @@ def test_dry_run_through_check_sh(tmp_path: Path) -> None:
     from benchmarks.gpu.context import ALL_FILES, DRY_LABEL, PART_FILES
 
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": sys.executable, "SIGNTUNE_SITE": str(tmp_path / "site"),
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "SIGNTUNE_SITE": str(tmp_path / "site"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     env.pop("OUT", None)
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu" / "check.sh"), "--dry-run", "--out", str(out)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu" / "check.sh"), "--dry-run", "--out", str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert proc.returncode == 0, proc.stderr[-3000:] + json.dumps(summary.get("parts"), indent=1)
 
@@ -62,8 +72,9 @@ def test_dry_run_through_check_sh(tmp_path: Path) -> None:
 
     # a. both model sizes, both loops, FLOPs counted
     rows = parts["trainer"]["rows"]
-    assert {(r["config"], r["loop"]) for r in rows} == {(c, loop) for c in ("tiny A", "tiny B")
-                                                         for loop in ("ours (fit)", "naive loop")}
+    assert {(r["config"], r["loop"]) for r in rows} == {
+        (c, loop) for c in ("tiny A", "tiny B") for loop in ("ours (fit)", "naive loop")
+    }
     assert all(r["gflop_per_epoch"] > 0 and r["mfu"] is None for r in rows)
     # b. the same configs at each worker count
     assert [r["workers_per_gpu"] for r in parts["workers"]["runs"]] == [1, 2] and parts["workers"]["same_configs"]
@@ -145,7 +156,9 @@ def _tiny_wheel(folder: Path, name: str, version: str) -> Path:
     path = folder / f"{name}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr(f"{name}/__init__.py", "VALUE = 1\n")
-        zf.writestr(f"{name}-{version}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        zf.writestr(
+            f"{name}-{version}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        )
         zf.writestr(f"{name}-{version}.data/purelib/{name}_extra.py", "EXTRA = 2\n")
     return path
 
@@ -162,11 +175,19 @@ def test_install_unpacks_only_what_the_node_needs(tmp_path: Path) -> None:
     assert (target / "signtune_tinywheel_extra.py").is_file() and not list(target.glob("*.data"))
     assert (target / "signtune_tinywheel-1.0.dist-info" / "METADATA").is_file()
 
-    pins = [Pin("a", "2.0", "always"), Pin("b", "2.0", "if-older"), Pin("c", "2.0", "if-older"),
-            Pin("d", "2.0", "always"), Pin("e", "2.0", "if-older")]
+    pins = [
+        Pin("a", "2.0", "always"),
+        Pin("b", "2.0", "if-older"),
+        Pin("c", "2.0", "if-older"),
+        Pin("d", "2.0", "always"),
+        Pin("e", "2.0", "if-older"),
+    ]
     have: dict[str, str | None] = {"a": "3.0", "b": "3.0", "c": "1.9", "d": "2.0", "e": None}
     assert [(p.name, why) for p, why in plan_install(pins, have)] == [
-        ("a", "node has 3.0"), ("c", "node has 1.9"), ("e", "missing")]
+        ("a", "node has 3.0"),
+        ("c", "node has 1.9"),
+        ("e", "missing"),
+    ]
 
     with pytest.raises(FileNotFoundError, match=r"benchmarks\.gpu\.wheels fetch"):
         install(src, target, pins=[Pin("signtune_not_there", "1.0", "always")])
@@ -179,15 +200,34 @@ def test_install_unpacks_only_what_the_node_needs(tmp_path: Path) -> None:
 def _fake_results(folder: Path, *, dry_run: bool) -> None:
     """A results folder as the check writes it (figures invented for the test, never rendered elsewhere)."""
     folder.mkdir(parents=True)
-    facts: dict[str, Any] = {"device": "cpu", "label": "CPU dry run"} if dry_run else {
-        "device": "cuda", "label": "NVIDIA TEST GPU", "driver": "0.0", "torch": "0.0", "cuda": "0.0",
-        "date": "2000-01-01 00:00 UTC"}
-    summary = {"dry_run": dry_run, "label": facts["label"], "facts": facts, "budget_s": 450, "wall_s": 400,
-               "data": {"n_train": 3000, "n_val": 300, "n_test": 100, "feature_dim": 768},
-               "parts": {"t5": {"status": "done", "budget_s": 30}}}
+    facts: dict[str, Any] = (
+        {"device": "cpu", "label": "CPU dry run"}
+        if dry_run
+        else {
+            "device": "cuda",
+            "label": "NVIDIA TEST GPU",
+            "driver": "0.0",
+            "torch": "0.0",
+            "cuda": "0.0",
+            "date": "2000-01-01 00:00 UTC",
+        }
+    )
+    summary = {
+        "dry_run": dry_run,
+        "label": facts["label"],
+        "facts": facts,
+        "budget_s": 450,
+        "wall_s": 400,
+        "data": {"n_train": 3000, "n_val": 300, "n_test": 100, "feature_dim": 768},
+        "parts": {"t5": {"status": "done", "budget_s": 30}},
+    }
     (folder / "summary.json").write_text(json.dumps(summary))
-    t5 = {"status": "done", "label": facts["label"], "trials": [{"number": 0, "state": "COMPLETE", "device": "cuda"}],
-          "checks": [{"check": "one t5 trial completed", "ok": True, "detail": "x"}]}
+    t5 = {
+        "status": "done",
+        "label": facts["label"],
+        "trials": [{"number": 0, "state": "COMPLETE", "device": "cuda"}],
+        "checks": [{"check": "one t5 trial completed", "ok": True, "detail": "x"}],
+    }
     (folder / "e_t5.json").write_text(json.dumps(t5))
 
 
@@ -214,8 +254,8 @@ def test_render_into_replaces_only_the_gpu_section(tmp_path: Path) -> None:
     write_into(tmp_path / "gpu", results_md, tmp_path / "RESULTS_GPU.md")
     after = results_md.read_text()
     assert after[: after.index(BEGIN)] == before[: before.index(BEGIN)]
-    assert after[after.index(END):] == before[before.index(END):]
-    section = after[after.index(BEGIN): after.index(END)]
+    assert after[after.index(END) :] == before[before.index(END) :]
+    section = after[after.index(BEGIN) : after.index(END)]
     assert "## 8. GPU check" in section and "**GPU: NVIDIA TEST GPU**" in section and "Pending" not in section
     assert (tmp_path / "RESULTS_GPU.md").read_text().startswith("## 8. GPU check")
 
