@@ -93,11 +93,12 @@ def _child(study_yaml: Path) -> dict[str, float]:
     data = load_task_data(cfg0.data, spec.dir, cache_dir=spec.dir / ".cache")
     lap("data (warm)")
 
-    from signtune.runner import enqueue_defaults, make_tracker, open_study
+    from signtune.study import enqueue_defaults, open_study
+    from signtune.tracking import make_tracker
     from signtune.space import suggest
 
     study = open_study(spec)
-    enqueue_defaults(study, spec, space)
+    enqueue_defaults(study, spec)
     trial = study.ask()
     values = suggest(trial, space)
     cfg = task.make_config(spec, values)

@@ -81,7 +81,8 @@ def run_ours(setup: str, seed: int, args: argparse.Namespace, work: Path) -> dic
 
     from signtune.data.dataset import clear_cache
     from signtune.errors import StopTrial
-    from signtune.runner import RunEvents, open_study, run_study
+    from signtune.runner import RunEvents, run_study
+    from signtune.study import open_study
     from signtune.space import parse
     from signtune.tasks import get_task
 

@@ -122,7 +122,7 @@ def _storage(spec: StudySpec, repair: bool) -> list[Finding]:
         schema = _optuna_schema(spec, repair)
         if schema is not None:
             return [schema]
-    from signtune.runner import count_states, open_study
+    from signtune.study import count_states, open_study
 
     try:
         study = open_study(spec, create=False)
@@ -166,8 +166,9 @@ def _trials(spec: StudySpec, repair: bool) -> list[Finding]:
 
     from optuna.trial import TrialState
 
-    from signtune.runner import host_id, open_study, pid_alive, reap_gone
+    from signtune.runner import pid_alive, reap_gone
     from signtune.storage import GRACE_PERIOD_S
+    from signtune.study import host_id, open_study
 
     study = open_study(spec, create=False)
     host, now = host_id(), time.time()
@@ -230,8 +231,8 @@ def _tracking(spec: StudySpec, repair: bool) -> list[Finding]:
 
 
 def _gaps(spec: StudySpec, repair: bool, *, everything: bool) -> Finding:
-    from signtune.runner import make_tracker, open_study
-    from signtune.tracking import Tracker, backfill, trials_missing
+    from signtune.study import open_study
+    from signtune.tracking import make_tracker, trials_missing
 
     study = open_study(spec, create=False)
     if everything:  # a rebuilt store holds nothing yet: every finished trial is logged again
@@ -248,9 +249,7 @@ def _gaps(spec: StudySpec, repair: bool, *, everything: bool) -> Finding:
             f"MLflow misses trials {missing} (it failed while they ran)",
             f"run `study doctor --study {spec.name} --repair` or `study export --study {spec.name}` to back-fill them",
         )
-    tracker = make_tracker(spec)
-    assert isinstance(tracker, Tracker)
-    filled = backfill(tracker, study, spec.objective.metric, numbers=set(missing) if everything else None)
+    filled = make_tracker(spec).backfill(study, spec.objective.metric, numbers=set(missing) if everything else None)
     return Finding("tracking gaps", "repaired", f"back-filled trials {filled} from the study")
 
 

@@ -22,7 +22,7 @@ from signtune.faults import from_env, inject
 from signtune.space import SearchSpace, suggest
 from signtune.spec import StudySpec
 from signtune.tasks import Task, TrialContext
-from signtune.tracking import NullTracker, Tracker
+from signtune.tracking import MetricLogger
 
 EpochCallback = Callable[[int, int, dict[str, float]], None]
 T = TypeVar("T")
@@ -54,7 +54,7 @@ class Objective:
         spec: StudySpec,
         space: SearchSpace,
         task: Task,
-        tracker: Tracker | NullTracker,
+        tracker: MetricLogger,
         *,
         worker_id: str = "0",
         on_epoch: EpochCallback | None = None,

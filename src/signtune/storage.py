@@ -42,14 +42,24 @@ def mask_url(text: str) -> str:
     return _QUERY_PASSWORD_RE.sub(lambda m: f"{m['head']}***", text)
 
 
+def check_scheme(url: str, schemes: tuple[str, ...], example: str) -> tuple[str, str] | None:
+    """``(rule and value, fix)`` if ``url``'s scheme is not one of ``schemes`` (the URL masked)."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in schemes:
+        return (f"must start with one of {[s + '://' for s in schemes]}, but got {mask_url(url)!r}", example)
+    return None
+
+
 def check_storage_url(url: str) -> tuple[str, str] | None:
     """Return ``(rule and value, fix)`` if ``url`` is not a storage URL signtune can open."""
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    if scheme not in SCHEMES:
-        return (
-            f"must start with one of {[s + '://' for s in SCHEMES]}, but got {mask_url(url)!r}",
-            "e.g. sqlite:///studies/demo/study.db, postgresql+psycopg://USER:PASSWORD@HOST/DB or journal:///path/to/journal.log",
-        )
+    problem = check_scheme(
+        url,
+        SCHEMES,
+        "e.g. sqlite:///studies/demo/study.db, postgresql+psycopg://USER:PASSWORD@HOST/DB or journal:///path/to/journal.log",
+    )
+    if problem:
+        return problem
+    scheme = url.split("://", 1)[0]
     if scheme == "postgresql":
         return (
             f"uses the plain postgresql:// scheme ({mask_url(url)!r}), which picks the psycopg2 driver",

@@ -101,7 +101,8 @@ def test_tracking_failure_never_fails_a_trial_and_export_backfills(fast_project:
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_stale_heartbeat_fails_with_reason_and_retries(fast_project: Path, kind: str) -> None:
-    from signtune.runner import open_study, reap_stale
+    from signtune.runner import reap_stale
+    from signtune.study import open_study
 
     url = URL if kind == "sqlite" else "journal:///studies/fast/journal.log"
     (fast_project / "studies" / "fast" / "study.yaml").write_text(fast_spec(trials=3, storage=url))

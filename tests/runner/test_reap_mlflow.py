@@ -15,6 +15,8 @@ from optuna.trial import TrialState
 from tests.runner.conftest import fast_spec
 
 from signtune import runner
+from signtune import study as facts
+from signtune.tracking import make_tracker
 from signtune.spec import StudySpec
 from signtune.tracking import Tracker
 
@@ -44,7 +46,7 @@ def dead_pid() -> int:
 def start_trial(study: optuna.Study, tracker: Tracker, pid: int, *, link: bool = True) -> tuple[int, str]:
     """A RUNNING trial of worker ``pid`` with its MLflow run, as the objective makes them."""
     trial = study.ask(X)
-    owner = {"host": runner.host_id(), "worker": "0", "pid": pid}
+    owner = {"host": facts.host_id(), "worker": "0", "pid": pid}
     for key, value in owner.items():
         trial.set_user_attr(key, value)
     run_id = tracker.start_trial(trial.number, params=trial.params, tags={k: str(v) for k, v in owner.items()})
@@ -62,8 +64,8 @@ def client(spec: StudySpec) -> Any:
 
 def test_reap_fails_the_dead_workers_runs_and_spares_the_living(tracked: StudySpec) -> None:
     spec = tracked
-    study = runner.open_study(spec)
-    tracker = runner.make_tracker(spec)
+    study = facts.open_study(spec)
+    tracker = make_tracker(spec)
     assert isinstance(tracker, Tracker)
     parent = tracker.start_study(study_name=spec.name, storage=spec.storage, params={}, tags={})  # this process's
     gone = dead_pid()
@@ -90,14 +92,14 @@ def test_reap_fails_the_dead_workers_runs_and_spares_the_living(tracked: StudySp
 
 def test_reap_command_ends_a_killed_study_runs_parent_and_trial_runs(tracked: StudySpec) -> None:
     spec = tracked
-    study = runner.open_study(spec)
-    tracker = runner.make_tracker(spec)
+    study = facts.open_study(spec)
+    tracker = make_tracker(spec)
     assert isinstance(tracker, Tracker)
     parent = tracker.start_study(study_name=spec.name, storage=spec.storage, params={}, tags={})
     gone = dead_pid()
     tracker.client.set_tag(parent, "signtune.pid", str(gone))  # the whole `study run` was SIGKILLed
     number, run_id = start_trial(study, tracker, gone)
-    assert client(spec).get_run(parent).data.tags["signtune.host"] == runner.host_id()
+    assert client(spec).get_run(parent).data.tags["signtune.host"] == facts.host_id()
 
     assert runner.reap(spec) == [number]
 
@@ -112,8 +114,8 @@ def test_reap_command_ends_a_killed_study_runs_parent_and_trial_runs(tracked: St
 
 def test_a_dead_study_runs_parent_stays_open_while_one_of_its_workers_trains(tracked: StudySpec) -> None:
     spec = tracked
-    study = runner.open_study(spec)
-    tracker = runner.make_tracker(spec)
+    study = facts.open_study(spec)
+    tracker = make_tracker(spec)
     assert isinstance(tracker, Tracker)
     parent = tracker.start_study(study_name=spec.name, storage=spec.storage, params={}, tags={})
     tracker.client.set_tag(parent, "signtune.pid", str(dead_pid()))
@@ -130,8 +132,8 @@ def test_a_tracking_error_never_breaks_reaping_and_a_later_reap_repairs_it(
     tracked: StudySpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = tracked
-    study = runner.open_study(spec)
-    tracker = runner.make_tracker(spec)
+    study = facts.open_study(spec)
+    tracker = make_tracker(spec)
     assert isinstance(tracker, Tracker)
     gone = dead_pid()
     number, run_id = start_trial(study, tracker, gone)
@@ -159,11 +161,11 @@ def test_reaping_without_tracking_never_opens_mlflow(fast_project: Path, monkeyp
     path = fast_project / "studies" / "fast" / "study.yaml"
     path.write_text(fast_spec(trials=2, storage="sqlite:///studies/fast/study.db"))  # tracking: {enabled: false}
     spec = load_spec(path)
-    study = runner.open_study(spec)
+    study = facts.open_study(spec)
     trial = study.ask(X)
     gone = dead_pid()
     trial.set_user_attr("pid", gone)
-    trial.set_user_attr("host", runner.host_id())
+    trial.set_user_attr("host", facts.host_id())
 
     def boom(self: Tracker) -> list[Any]:
         raise AssertionError("MLflow opened with tracking off")

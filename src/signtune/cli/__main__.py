@@ -1,0 +1,5 @@
+"""``python -m signtune.cli``."""
+
+from signtune.cli import main
+
+main()

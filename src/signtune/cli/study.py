@@ -1,0 +1,380 @@
+"""Commands that run and mend a study: run, worker, create, status, reap, doctor."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from signtune.cli.app import (
+    StorageOpt,
+    StudyOpt,
+    app,
+    err,
+    handle_errors,
+    load,
+    load_settled,
+    out,
+    prepare,
+    quiet,
+    tracking_override,
+)
+from signtune.errors import ConfigError, Problem
+
+
+@app.command()
+@handle_errors
+def run(
+    study: StudyOpt = None,
+    trials: Annotated[
+        int | None, typer.Option("--trials", "-n", help="Total finished trials the study should have.")
+    ] = None,
+    subset: Annotated[
+        float | None,
+        typer.Option(help="Fraction of the train split each trial trains on (seeded, same for all trials)."),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per trial.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds after which no new trial starts.")] = None,
+    storage: StorageOpt = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri", help="MLflow tracking URI (default: the spec's, then sqlite:///studies/<name>/mlflow.db)."
+        ),
+    ] = None,
+    no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,
+    workers: Annotated[int, typer.Option(help="Local worker processes (CPU); each gets a share of the cores.")] = 1,
+    gpus: Annotated[str | None, typer.Option(help="GPUs to use: 'all' or a list like 0,1,3.")] = None,
+    workers_per_gpu: Annotated[int, typer.Option("--workers-per-gpu", help="Workers sharing each GPU.")] = 1,
+) -> None:
+    """Run (or resume) a study until it has --trials finished trials."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from signtune.runner import RunEvents, parse_gpus, run_study
+    from signtune.storage import mask_url
+
+    quiet()
+    overrides: dict[str, Any] = {
+        "budget.trials": trials,
+        "budget.subset": subset,
+        "budget.timeout": timeout,
+        "fixed.run.epochs": epochs,
+        "storage": storage,
+        **tracking_override(tracking_uri, no_tracking),
+    }
+    problems = []
+    if gpus is not None and workers > 1:
+        problems.append(
+            Problem(
+                "--workers",
+                f"counts CPU workers, but --gpus was given too (--workers {workers})",
+                f"with GPUs, set the workers per GPU: --gpus {gpus} --workers-per-gpu {workers}",
+            )
+        )
+    if workers < 1:
+        problems.append(Problem("--workers", f"must be >= 1, but got {workers}", "e.g. --workers 2"))
+    if workers_per_gpu < 1:
+        problems.append(Problem("--workers-per-gpu", f"must be >= 1, but got {workers_per_gpu}", "e.g. 2"))
+    if problems:
+        raise ConfigError(problems)
+    gpu_list = parse_gpus(gpus)
+    if gpu_list is None and workers > 1:
+        _note_idle_gpus(workers)
+    spec, space, task = load_settled(study, overrides)
+    t0 = time.perf_counter()
+    with err.status("Preparing data (generated on first use, then cached)..."):
+        data = prepare(task, spec)
+    _record(spec)  # after the data passed: a refused run writes nothing
+    clips = (  # a plug-in's data is its own business: no clip counts to show
+        f"train {data['train']} clips (subset {spec.budget.subset}), val {data.get('val')}, "
+        if data.get("train") is not None
+        else f"subset {spec.budget.subset}, epochs {spec.epochs}, "
+    )
+    err.print(
+        f"[bold]{spec.name}[/]: {spec.task}, storage {mask_url(spec.storage)}, {clips}"
+        f"data ready in {time.perf_counter() - t0:.1f}s",
+        highlight=False,
+    )
+    metric = spec.objective.metric
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("best {task.fields[best]}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=err,
+        transient=False,
+    )
+    bar = progress.add_task(spec.name, total=spec.budget.trials, best="-", status="")
+
+    def on_start(finished: int, total: int) -> None:
+        progress.update(bar, completed=finished)
+
+    def on_epoch(number: int, epoch: int, metrics: dict[str, float]) -> None:
+        progress.update(
+            bar,
+            status=f"trial {number} epoch {epoch}/{spec.epochs}: {metric} {metrics.get(metric, float('nan')):.2f}",
+        )
+
+    def on_progress(finished: int, best: float | None, status: str) -> None:
+        progress.update(bar, completed=finished, best=f"{best:.2f}" if best is not None else "-", status=status)
+
+    with progress:
+        summary = run_study(
+            spec,
+            space,
+            task,
+            workers=workers,
+            gpus=gpu_list,
+            workers_per_gpu=workers_per_gpu,
+            events=RunEvents(on_start, on_progress, on_epoch),
+            data_summary=data,
+        )
+    if summary.started == 0:
+        out.print(
+            f"Study [bold]{spec.name}[/] already has {summary.finished}/{summary.total} finished trials; "
+            "nothing to run. Raise --trials to run more."
+        )
+    from signtune.cli.results import print_leaderboard
+
+    print_leaderboard(spec)
+    if summary.stopped_by == "timeout":
+        out.print(
+            f"[yellow]Stopped by --timeout[/] after {summary.wall_time_s:.0f}s with "
+            f"{summary.finished}/{summary.total} finished; run again to continue."
+        )
+    _print_run_notes(spec, summary)
+    out.print(f"Ran {summary.started} trial(s) in {summary.wall_time_s:.1f}s. Exports: {spec.dir / 'export'}")
+
+
+def _print_run_notes(spec: Any, summary: Any) -> None:
+    """What a run repaired or could not log: reaped trials, back-filled and missing MLflow runs."""
+    from signtune.storage import mask_url
+
+    if summary.reaped:
+        err.print(
+            f"Failed trials {summary.reaped}, left RUNNING by processes that are gone (their params are retried once).",
+            highlight=False,
+        )
+    if summary.backfilled:
+        err.print(f"MLflow: back-filled trials {summary.backfilled} it had missed.", highlight=False)
+    if summary.tracking_error or summary.tracking_gaps:
+        missed = f"misses trials {summary.tracking_gaps}" if summary.tracking_gaps else "missed the study's own run"
+        err.print(
+            f"[yellow]MLflow ({mask_url(spec.tracking_uri)}) {missed}[/]"
+            + (f": {mask_url(summary.tracking_error)}" if summary.tracking_error else "")
+            + f". Their results are in the study; `study export --study {spec.name}` (or the next `study run`) "
+            f"back-fills MLflow once it works, and `study doctor --study {spec.name}` checks it.",
+            highlight=False,
+        )
+
+
+def _note_idle_gpus(workers: int) -> None:
+    """``--workers K`` starts CPU workers; say so when GPUs sit idle beside them."""
+    from signtune.runner.placement import visible_gpus
+
+    n = visible_gpus()
+    if n:
+        err.print(
+            f"[yellow]Note:[/] --workers {workers} starts CPU workers; {n} GPU(s) are visible and stay idle. "
+            f"To train on them: --gpus all --workers-per-gpu {max(1, workers // n)}",
+            highlight=False,
+        )
+
+
+@app.command()
+@handle_errors
+def worker(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    trials: Annotated[
+        int | None, typer.Option("--trials", "-n", help="The study's total budget of finished trials.")
+    ] = None,
+    subset: Annotated[float | None, typer.Option(help="Fraction of the train split.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per trial.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds after which no new trial starts.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")] = None,
+    no_tracking: Annotated[bool, typer.Option("--no-tracking", help="Do not log to MLflow.")] = False,
+    worker_id: Annotated[str | None, typer.Option("--worker-id", help="Name of this worker in trial attrs.")] = None,
+    host_id: Annotated[
+        str | None, typer.Option("--host-id", help="Name of this host in trial attrs (default: hostname).")
+    ] = None,
+) -> None:
+    """Run one worker against a shared study (other hosts, SLURM, Kubernetes, compose).
+
+    It stops when the study has its budget of finished trials; each concurrent worker may
+    start at most one trial over the budget.
+    """
+    from signtune.runner import run_worker
+    from signtune.storage import mask_url
+
+    quiet()
+    if host_id:
+        os.environ["SIGNTUNE_HOST"] = host_id
+    overrides = {
+        "budget.trials": trials,
+        "budget.subset": subset,
+        "budget.timeout": timeout,
+        "fixed.run.epochs": epochs,
+        "storage": storage,
+        **tracking_override(tracking_uri, no_tracking),
+    }
+    # the budget, subset and epochs `study create` or the first run stored, unless given here
+    spec, space, task = load_settled(study, overrides)
+    prepare(task, spec)
+    wid = worker_id or f"{os.environ.get('SIGNTUNE_HOST') or __import__('socket').gethostname()}-{os.getpid()}"
+    err.print(f"worker {wid} on {spec.name} at {mask_url(spec.storage)}", highlight=False)
+
+    def on_trial_end(t: Any) -> None:
+        value = "-" if t.value is None else f"{t.value:.3f}"
+        err.print(f"trial {t.number} {t.state.name.lower()} {value}", highlight=False)
+
+    stats = run_worker(spec, space, task, worker_id=wid, on_trial_end=on_trial_end)
+    out.print(f"worker {wid}: ran {stats.started} trial(s), {stats.failed} failed; stopped by {stats.stopped_by}")
+
+
+@app.command()
+@handle_errors
+def create(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    trials: Annotated[int | None, typer.Option("--trials", "-n", help="The study's budget.")] = None,
+    subset: Annotated[float | None, typer.Option(help="Fraction of the train split.")] = None,
+) -> None:
+    """Create the study on its storage and queue the spec's known-good configs; run nothing."""
+    from signtune.storage import mask_url
+    from signtune.study import enqueue_defaults, open_study
+
+    quiet()
+    overrides = {"storage": storage, "budget.trials": trials, "budget.subset": subset}
+    spec, _, _ = load_settled(study, overrides)
+    _record(spec)
+    s = open_study(spec)
+    enqueue_defaults(s, spec)
+    s.set_user_attr("spec_hash", spec.hash())
+    out.print(f"study {spec.name} ready on {mask_url(spec.storage)} ({len(s.trials)} trials so far)")
+
+
+@app.command()
+@handle_errors
+def status(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Show trial counts per state, the best value and the running trials."""
+    import datetime as dt
+
+    from optuna.trial import TrialState
+
+    from signtune.study import open_study
+
+    quiet()
+    spec, _, _ = load(study, {"storage": storage})
+    s = open_study(spec, create=False)
+    trials = s.get_trials(deepcopy=False)
+    counts = {st.name.lower(): sum(t.state == st for t in trials) for st in TrialState}
+    out.print(f"[bold]{spec.name}[/]: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    if done:
+        out.print(f"best {spec.objective.metric} {s.best_value:.2f} (trial {s.best_trial.number})")
+    hosts: dict[str, dict[str, int]] = {}
+    for t in trials:
+        if t.state == TrialState.WAITING:
+            continue
+        row = hosts.setdefault(str(t.user_attrs.get("host", "?")), {})
+        row[t.state.name.lower()] = row.get(t.state.name.lower(), 0) + 1
+    if hosts:
+        table = Table(title="trials per host")
+        table.add_column("host")
+        for c in ("complete", "pruned", "fail", "running"):
+            table.add_column(c, justify="right")
+        for host, row in sorted(hosts.items()):
+            table.add_row(host, *(str(row.get(c, 0)) for c in ("complete", "pruned", "fail", "running")))
+        out.print(table)
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    if running:
+        table = Table(title="running")
+        for c in ("#", "host", "worker", "gpu", "age"):
+            table.add_column(c)
+        now = dt.datetime.now()
+        for t in running:
+            age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0
+            table.add_row(
+                str(t.number),
+                str(t.user_attrs.get("host", "")),
+                str(t.user_attrs.get("worker", "")),
+                str(t.user_attrs.get("gpu", "")),
+                f"{age:.0f}s",
+            )
+        out.print(table)
+
+
+@app.command()
+@handle_errors
+def reap(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Fail trials left RUNNING by workers that are gone (dead pid on this host, or stale heartbeat)."""
+    from signtune.runner import reap as reap_trials
+
+    quiet()
+    spec, _, _ = load(study, {"storage": storage})
+    numbers = reap_trials(spec)
+    out.print(f"reaped {len(numbers)} trial(s): {numbers}" if numbers else "no abandoned trials")
+
+
+@app.command()
+@handle_errors
+def doctor(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Repair what can be repaired with nothing lost (backups are kept).")
+    ] = False,
+    data: Annotated[bool, typer.Option("--data/--no-data", help="Also check the data (sign2text).")] = True,
+) -> None:
+    """Check the study's storage, trials, MLflow store and data; --repair mends what it can.
+
+    Exit 0 when everything is (now) sound, 2 when a problem is left, each with its fix.
+    """
+    from signtune.doctor import Finding, diagnose
+
+    quiet()
+    spec, _, _ = load(study, {"storage": storage})
+
+    def data_check(s: Any) -> Finding:
+        if s.task != "sign2text":
+            return Finding("data", "ok", f"plug-in task {s.task!r}: its prepare hook checks its own data")
+        from signtune.cli.data import check_data_with_progress
+
+        report = check_data_with_progress(s)
+        if report.errors:
+            first = report.errors[0]
+            return Finding(
+                "data",
+                "problem",
+                f"{len(report.errors)} error(s), first: {first.split}: {first.rule}",
+                f"`study data check --study {spec.name}` lists them all",
+            )
+        return Finding("data", "ok", f"{sum(x.rows for x in report.splits)} clips in {len(report.splits)} splits")
+
+    findings = diagnose(spec, repair=repair, data_check=data_check if data else None)
+    style = {"ok": "green", "problem": "bold red", "repaired": "yellow"}
+    for f in findings:
+        out.print(f"[{style[f.status]}]{f.status.upper():8}[/] {f.part}: {f.detail}", highlight=False, soft_wrap=True)
+        if f.fix:
+            out.print(f"         fix: {f.fix}", highlight=False, soft_wrap=True)
+    if any(f.status == "problem" for f in findings):
+        raise typer.Exit(2)
+
+
+def _record(spec: Any) -> None:
+    from signtune.study import record_settings
+
+    record_settings(spec)
