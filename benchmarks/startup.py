@@ -93,9 +93,9 @@ def _child(study_yaml: Path) -> dict[str, float]:
     data = load_task_data(cfg0.data, spec.dir, cache_dir=spec.dir / ".cache")
     lap("data (warm)")
 
+    from signtune.space import suggest
     from signtune.study import enqueue_defaults, open_study
     from signtune.tracking import make_tracker
-    from signtune.space import suggest
 
     study = open_study(spec)
     enqueue_defaults(study, spec)

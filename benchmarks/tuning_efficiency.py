@@ -82,8 +82,8 @@ def run_ours(setup: str, seed: int, args: argparse.Namespace, work: Path) -> dic
     from signtune.data.dataset import clear_cache
     from signtune.errors import StopTrial
     from signtune.runner import RunEvents, run_study
-    from signtune.study import open_study
     from signtune.space import parse
+    from signtune.study import open_study
     from signtune.tasks import get_task
 
     spec = _spec(setup, seed, args, work)

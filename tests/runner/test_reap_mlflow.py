@@ -16,9 +16,8 @@ from tests.runner.conftest import fast_spec
 
 from signtune import runner
 from signtune import study as facts
-from signtune.tracking import make_tracker
 from signtune.spec import StudySpec
-from signtune.tracking import Tracker
+from signtune.tracking import Tracker, make_tracker
 
 X = {"x": optuna.distributions.FloatDistribution(0, 1)}
 
