@@ -8,11 +8,11 @@ here, in the dataclasses, and nowhere else.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_type_hints
 
+from signtune.coerce import coerce
 from signtune.errors import ConfigError, Problem
 
 
@@ -163,46 +163,6 @@ def config_keys(cls: type = TrainConfig, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _coerce(value: Any, tp: Any) -> Any:
-    """Convert ``value`` to annotated type ``tp``; raise ValueError with the rule if it can't."""
-    origin = get_origin(tp)
-    if origin is Literal:
-        choices = get_args(tp)
-        if value not in choices:
-            raise ValueError(f"must be one of {list(choices)}, but got {value!r}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0])
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"must be true or false, but got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
-            raise ValueError(f"must be an integer, but got {value!r}")
-        return int(value)
-    if tp is float:
-        if isinstance(value, str):
-            hint = ""
-            try:
-                float(value)
-                hint = " (YAML reads 1e-5 as a string: write 1.0e-5)"
-            except ValueError:
-                pass
-            raise ValueError(f"must be a number, but got the string {value!r}{hint}")
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"must be a number, but got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ValueError(f"must be a string, but got {value!r}")
-        return value
-    return value
-
-
 def apply_overrides(cfg: TrainConfig, values: dict[str, Any], *, where: str = "overrides") -> TrainConfig:
     """Return a copy of ``cfg`` with dotted keys replaced; all bad keys are reported at once.
 
@@ -230,7 +190,7 @@ def apply_overrides(cfg: TrainConfig, values: dict[str, Any], *, where: str = "o
             )
             continue
         try:
-            coerced = _coerce(value, keys[key])
+            coerced = coerce(value, keys[key], integral_floats=True)
         except ValueError as exc:
             problems.append(Problem(f"{where}: {key}", str(exc), "correct the value"))
             continue

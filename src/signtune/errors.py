@@ -45,7 +45,13 @@ class DataError(SigntuneError):
 
 
 class StudyError(SigntuneError):
-    """The study or its storage is not in a state the command can work with."""
+    """The study or its storage is not in a state the command can work with.
+
+    Always built from ``Problem``s: the place, the rule and value, and the fix.
+    """
+
+    def __init__(self, problems: list[Problem] | Problem) -> None:
+        super().__init__(problems)
 
 
 class DeviceLost(StudyError):

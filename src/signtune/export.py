@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from signtune.errors import StudyError
+from signtune.errors import Problem, StudyError
 from signtune.folders import commit_dir
 from signtune.spec import StudySpec
 from signtune.storage import mask_url
@@ -46,8 +46,11 @@ def export_study(study: optuna.Study, spec: StudySpec, out_dir: Path | None = No
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise StudyError(
-            f"cannot write the export to {out}: {exc.strerror or exc}; free disk space or pick another folder "
-            "with --out. The study itself is intact."
+            Problem(
+                f"export {out}",
+                f"cannot be written: {exc.strerror or exc} (the study itself is intact)",
+                "free disk space, or pick another folder with --out",
+            )
         ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

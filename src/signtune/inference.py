@@ -159,10 +159,12 @@ def load_promoted(model_dir: Path) -> PromotedModel:
 def translate(promoted: PromotedModel, clips: list[np.ndarray], *, beam_size: int, device: str = "auto") -> list[str]:
     """Translate ``(T, D)`` clips in batches, on ``device`` (auto, cpu, cuda...), with the
     model's own decoding and ``run.amp`` settings; the texts come back in input order."""
-    from signtune.train.loop import resolve_device
+    import torch
+
+    from signtune.device import resolve_device
     from signtune.train.loop import translate as decode
 
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(device))
     promoted.model.to(dev)
     return decode(
         promoted.model,

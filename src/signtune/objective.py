@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import optuna
 
 from signtune import interrupts
+from signtune.device import resolve_device
 from signtune.errors import DataError, SigntuneError, StopTrial
 from signtune.faults import from_env, inject
 from signtune.space import SearchSpace, suggest
@@ -29,21 +30,6 @@ T = TypeVar("T")
 # After this many trials in a row whose tracking failed, a worker stops calling MLflow (each
 # failing call can take a while against a server that is down); later trials record the gap.
 TRACKING_OFF_AFTER = 3
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``.
-
-    A worker pinned to one GPU (``--gpus``) sees only that GPU, as device 0, so a ``cuda:N``
-    from the spec means its own GPU there.
-    """
-    if name.startswith("cuda") and os.environ.get("SIGNTUNE_GPU"):
-        return "cuda"
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class Objective:

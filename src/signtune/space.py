@@ -29,6 +29,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from signtune.coerce import dotted
 from signtune.errors import ConfigError, Problem
 
 TYPES = ("float", "int", "categorical")
@@ -74,7 +75,7 @@ def _number(value: Any, where: str, key: str, problems: list[Problem], *, intege
     if isinstance(value, str):
         try:
             float(value)
-            hint = f"PyYAML reads {value!r} as a string: write it with a dot, e.g. {_dotted(value)}"
+            hint = f"PyYAML reads {value!r} as a string: write it with a dot, e.g. {dotted(value)}"
         except ValueError:
             hint = "write a number"
         problems.append(Problem(f"{where}.{key}", f"must be a number, but got the string {value!r}", hint))
@@ -92,13 +93,6 @@ def _number(value: Any, where: str, key: str, problems: list[Problem], *, intege
         )
         return None
     return float(value)
-
-
-def _dotted(value: str) -> str:
-    mant, _, exp = value.lower().partition("e")
-    if "." not in mant:
-        mant += ".0"
-    return f"{mant}e{exp}" if exp else mant
 
 
 def _choice_key(choice: Any) -> tuple[str, Any]:
@@ -398,7 +392,7 @@ def check_params(space: SearchSpace, params: Mapping[str, Any], where: str) -> l
                 Problem(
                     f"{where}.{name}",
                     f"must be a number, but got the string {value!r}",
-                    f"write it with a dot, e.g. {_dotted(value)}",
+                    f"write it with a dot, e.g. {dotted(value)}",
                 )
             )
             continue

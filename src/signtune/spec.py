@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from signtune.coerce import coerce
 from signtune.config import TrainConfig, apply_overrides
 from signtune.errors import ConfigError, Problem
 
@@ -293,57 +293,8 @@ class _Reader:
 
 
 def check_value(value: Any, tp: Any) -> Any:
-    """Type-check one spec value; ``1e-5``-style strings get a pointed hint."""
-    import typing
-
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ValueError(f"must be one of {list(choices)}, but got {value!r}")
-        return value
-    if origin is not None and type(None) in typing.get_args(tp):
-        if value is None:
-            return None
-        inner = next(a for a in typing.get_args(tp) if a is not type(None))
-        return check_value(value, inner)
-    if tp is bool and not isinstance(value, bool):
-        raise ValueError(f"must be true or false, but got {value!r}")
-    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(f"must be an integer, but got {value!r}")
-    if tp is float:
-        if isinstance(value, str):
-            raise ValueError(_float_string_message(value))
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ValueError(f"must be a finite number, but got {value!r}")
-        return float(value)
-    if tp is str and not isinstance(value, str):
-        raise ValueError(f"must be a string, but got {value!r}")
-    if origin is dict:
-        if value is None:  # an empty `key:` line
-            return {}
-        if not isinstance(value, dict):
-            raise ValueError(f"must be a mapping, but got {value!r}")
-        return dict(value)
-    return value
-
-
-def _float_string_message(value: str) -> str:
-    try:
-        float(value)
-    except ValueError:
-        return f"must be a number, but got the string {value!r}"
-    return (
-        f"must be a number, but YAML read {value!r} as a string "
-        f"(PyYAML needs a dot in the mantissa: write {_dotted(value)})"
-    )
-
-
-def _dotted(value: str) -> str:
-    mant, _, exp = value.lower().partition("e")
-    if "." not in mant:
-        mant += ".0"
-    return f"{mant}e{exp}" if exp else mant
+    """Type-check one spec value (``signtune.coerce``); ``1e-5``-style strings get a pointed hint."""
+    return coerce(value, tp)
 
 
 def load_spec(study: str | Path | None = None, overrides: dict[str, Any] | None = None) -> StudySpec:

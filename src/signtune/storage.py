@@ -205,7 +205,7 @@ def create_storage(url: str) -> optuna.storages.BaseStorage:
     """
     problem = check_storage_url(url)
     if problem:
-        raise StudyError(f"storage {problem[0]}; {problem[1]}")
+        raise StudyError(Problem("storage", problem[0], problem[1]))
     try:
         if url.startswith("journal://"):
             # Same convention as SQLAlchemy: journal:///relative/path, journal:////absolute/path.

@@ -166,7 +166,7 @@ CASES: dict[str, Row] = {
     ),
     "spec-budget-string-float": Row(
         RUN,
-        ("budget.timeout: must be a number, but YAML read '1e3' as a string", "write 1.0e3"),
+        ("budget.timeout: must be a number, but got the string '1e3'", "write 1.0e3"),
         spec=(BUDGET, "budget: {trials: 1, timeout: 1e3}"),
     ),
     "spec-fixed-wrong-type-with-password": Row(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from signtune.device import resolve_device
 from signtune.errors import ConfigError
-from signtune.objective import resolve_device
 from signtune.runner import plan_workers
 
 
@@ -44,4 +45,8 @@ def test_a_gpu_worker_maps_cuda_n_to_its_own_gpu(monkeypatch: pytest.MonkeyPatch
     assert resolve_device("cuda:3") == "cuda"
     assert resolve_device("cpu") == "cpu"
     monkeypatch.delenv("SIGNTUNE_GPU")
-    assert resolve_device("cuda:1") == "cuda:1"
+    if torch.cuda.is_available():
+        assert resolve_device("cuda:1") == "cuda:1"
+    else:
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda:1")

@@ -18,9 +18,10 @@ from signtune.config import (
     TrainConfig,
 )
 from signtune.data.types import Split, TaskData
+from signtune.device import resolve_device
 from signtune.errors import ConfigError, Diverged, StopTrial
 from signtune.models import SignTransformer, build_model
-from signtune.train.loop import FitResult, evaluate, fit, resolve_device, validation_max_len
+from signtune.train.loop import FitResult, evaluate, fit, validation_max_len
 
 KEYS = {"train_loss", "val_bleu", "val_chrf", "lr", "epoch_time_s", "eval_time_s"}
 
@@ -168,8 +169,8 @@ def test_evaluate_crops_to_max_frames(toy_data: TaskData) -> None:
 
 
 def test_resolve_device() -> None:
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type in {"cpu", "cuda"}
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in {"cpu", "cuda"}
     with pytest.raises(ConfigError, match=r"run\.device"):
         resolve_device("toaster")
     if not torch.cuda.is_available():

@@ -33,6 +33,7 @@ app = typer.Typer(
 
 
 data_app = typer.Typer(help="Make and inspect data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 
 out = Console()

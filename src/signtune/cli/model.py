@@ -34,7 +34,7 @@ def train(
 ) -> None:
     """Train one config of a study (no Optuna), e.g. to reproduce a trial."""
     from signtune.config import apply_overrides
-    from signtune.objective import resolve_device
+    from signtune.device import resolve_device
     from signtune.spec import parse_sets
     from signtune.tasks import TrialContext
 

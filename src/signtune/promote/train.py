@@ -70,7 +70,7 @@ def promote_best(
     Raises:
         StudyError: no complete trial, a task that saves no checkpoint or fails, no test data.
     """
-    from signtune.objective import resolve_device
+    from signtune.device import resolve_device
 
     top = top_trials(study, spec, top_k)
     out = spec.dir / "promoted"

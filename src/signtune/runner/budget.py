@@ -19,6 +19,7 @@ class Budget(Protocol):
         """Give a slot back (its trial failed, so it does not count)."""
         ...
 
+
 class SharedBudget:
     """Exact budget for the workers of one supervisor: a counter of claimed slots in shared memory."""
 
@@ -36,6 +37,7 @@ class SharedBudget:
     def release(self) -> None:
         with self.claimed.get_lock():
             self.claimed.value -= 1
+
 
 class StorageBudget:
     """Budget for independent workers (other hosts): finished + running < total, read from storage.

@@ -47,9 +47,11 @@ def pid_alive(pid: Any) -> bool:
         return True  # no /proc here (macOS): signal 0 is all there is
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
+
 def reap(spec: StudySpec) -> list[int]:
     """Fail trials left RUNNING by workers that are gone: on this host by pid, elsewhere by heartbeat."""
     return reap_gone(spec, open_study(spec, create=False))
+
 
 def reap_gone(spec: StudySpec, study: optuna.Study) -> list[int]:
     """Fail (and retry once) the RUNNING trials whose process is gone: dead pids on this host
@@ -73,6 +75,7 @@ def reap_gone(spec: StudySpec, study: optuna.Study) -> list[int]:
         study.set_user_attr("supervisor", {})
     return sorted(set(reaped) | set(reap_stale(spec, study)))
 
+
 def _wait_for_orphaned_workers(study: optuna.Study, host: str) -> None:
     """Wait (at most ``ORPHANED_WORKER_WAIT_S``) for live workers on this host whose
     supervisor is dead: they are failing their trials (``supervisor_gone``) and exiting."""
@@ -89,6 +92,7 @@ def _wait_for_orphaned_workers(study: optuna.Study, host: str) -> None:
         if not orphaned:
             return
         interrupts.sleep(0.1)
+
 
 def reap_stale(spec: StudySpec, study: optuna.Study, *, now: float | None = None) -> list[int]:
     """Fail the RUNNING trials whose last heartbeat is older than ``GRACE_PERIOD_S``.
@@ -111,6 +115,7 @@ def reap_stale(spec: StudySpec, study: optuna.Study, *, now: float | None = None
     if failed:
         _end_abandoned_runs(spec, study, failed, "heartbeat")
     return failed
+
 
 def reap_dead(
     spec: StudySpec,
@@ -151,6 +156,7 @@ def reap_dead(
     if failed or end_runs:
         _end_abandoned_runs(spec, study, failed, reason)
     return [t.number for t in mine]
+
 
 def _end_abandoned_runs(spec: StudySpec, study: optuna.Study, failed: list[int], reason: str) -> None:
     """End the MLflow runs the dead left RUNNING: their trials' runs, and a dead `study run`'s.
@@ -194,6 +200,7 @@ def _end_abandoned_runs(spec: StudySpec, study: optuna.Study, failed: list[int],
             "`study reap` ends them later",
             stacklevel=3,
         )
+
 
 def fail_trial(spec: StudySpec, study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
     """Mark another process's RUNNING trial failed with ``reason``; re-queue it once.

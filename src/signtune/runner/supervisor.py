@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from signtune import interrupts
-from signtune.errors import StudyError
+from signtune.errors import Problem, StudyError
 from signtune.objective import EpochCallback, Objective
 from signtune.runner.budget import SharedBudget
 from signtune.runner.placement import plan_workers
@@ -55,6 +55,7 @@ class RunEvents:
     on_progress: Callable[[int, float | None, str], None] | None = None  # (finished, best, status)
     on_epoch: EpochCallback | None = None  # in-process worker only
 
+
 @dataclass
 class RunSummary:
     study_name: str
@@ -73,6 +74,7 @@ class RunSummary:
     tracking_error: str | None = None  # the study run's own MLflow calls that failed
     tracking_gaps: list[int] = field(default_factory=list)  # trials MLflow still misses after back-fill
     backfilled: list[int] = field(default_factory=list)  # trials this run logged to MLflow after the fact
+
 
 def run_study(
     spec: StudySpec,
@@ -158,6 +160,7 @@ def run_study(
                 study.set_user_attr("supervisor", {})
     return summary
 
+
 def _close_tracking(
     spec: StudySpec,
     study: optuna.Study,
@@ -183,6 +186,7 @@ def _close_tracking(
     except Exception:
         summary.tracking_gaps = []
 
+
 def _run_in_process(
     study: optuna.Study,
     spec: StudySpec,
@@ -205,6 +209,7 @@ def _run_in_process(
         study, objective, SharedBudget(spec.budget.trials, claimed), deadline=deadline, on_trial_end=on_trial_end
     )
     summary.started, summary.failed, summary.stopped_by = stats.started, stats.failed, stats.stopped_by
+
 
 def _supervise(
     study: optuna.Study,
@@ -260,8 +265,12 @@ def _supervise(
                     last = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
                     error = last[-1].user_attrs.get("error", "see the trials' user attrs") if last else "unknown"
                     raise StudyError(
-                        f"worker {slot} stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row. "
-                        f"Last error:\n{error}"
+                        Problem(
+                            f"worker {slot}",
+                            f"stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row. Last error: {error}",
+                            "fix the cause (each failed trial has its `error` and `traceback` user attrs), then run "
+                            "the same command to resume",
+                        )
                     )
                 # Died without cleaning up (SIGKILL, OOM-kill, crash) or lost its CUDA context
                 # (DEVICE_LOST, its trial already failed): fail its running trial now,
@@ -276,8 +285,12 @@ def _supervise(
                 if restarts >= max_restarts:
                     _stop_workers(procs)
                     raise StudyError(
-                        f"workers died {restarts} times (last exit code {p.exitcode}); stopping. "
-                        "Run `study status` and check the failed trials' error attrs."
+                        Problem(
+                            "workers",
+                            f"died {restarts} times (last exit code {p.exitcode}), so the study stops",
+                            "run `study status` and check the failed trials' error attrs (an OOM-killer in the "
+                            "system log is a common cause), then run the same command to resume",
+                        )
                     )
                 if claimed.value < spec.budget.trials and (deadline is None or time.time() < deadline):
                     restarts += 1
@@ -305,6 +318,7 @@ def _supervise(
     summary.failed = sum(t.state == TrialState.FAIL for t in trials) - failed_before
     if deadline is not None and time.time() >= deadline and count_finished(study) < spec.budget.trials:
         summary.stopped_by = "timeout"
+
 
 def _stop_workers(procs: dict[int, Any], grace_s: float = 20.0) -> None:
     """Ask the workers to stop (SIGTERM, once), wait for them to mark their trials, then kill.

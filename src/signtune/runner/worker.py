@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from signtune import interrupts
-from signtune.errors import DeviceLost, StudyError
+from signtune.errors import DeviceLost, Problem, StudyError
 from signtune.objective import Objective, free_accelerator_memory
 from signtune.runner.budget import Budget, SharedBudget, StorageBudget
 from signtune.runner.reap import reap_stale
@@ -38,6 +38,7 @@ class WorkerStats:
     started: int = 0
     failed: int = 0
     stopped_by: str = "budget"
+
 
 def worker_loop(
     study: optuna.Study,
@@ -79,23 +80,31 @@ def worker_loop(
             if trial.user_attrs.get("reason") == "cuda_error":
                 # CUDA cannot recover in this process: every later trial here would fail too.
                 raise DeviceLost(
-                    f"trial {trial.number} hit an unrecoverable CUDA error, which leaves this process's GPU "
-                    f"unusable: {trial.user_attrs.get('error', '')}. Its params are queued again; run the same "
-                    "command to resume in a fresh process."
+                    Problem(
+                        f"trial {trial.number}",
+                        "hit an unrecoverable CUDA error, which leaves this process's GPU unusable: "
+                        f"{trial.user_attrs.get('error', '')} (its params are queued again)",
+                        "run the same command to resume in a fresh process",
+                    )
                 )
             consecutive_failures += 1
             if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
                 stats.stopped_by = "failures"
                 error = trial.user_attrs.get("error", "see the trials' user attrs")
                 raise StudyError(
-                    f"{consecutive_failures} trials in a row failed; stopping. Last error (trial {trial.number}): "
-                    f"{error}. The full traceback is in the trial's `traceback` user attr."
+                    Problem(
+                        f"trial {trial.number}",
+                        f"is failed trial {consecutive_failures} in a row, so the study stops. Its error: {error}",
+                        "fix the cause (the full traceback is in the trial's `traceback` user attr, `study status` "
+                        "lists the trials), then run the same command to resume",
+                    )
                 )
         else:
             consecutive_failures = 0
         if on_trial_end is not None and trial is not None:
             on_trial_end(trial)
     return stats
+
 
 def run_worker(
     spec: StudySpec,
@@ -120,6 +129,7 @@ def run_worker(
     return worker_loop(
         study, objective, StorageBudget(study, spec.budget.trials), deadline=deadline, on_trial_end=on_trial_end
     )
+
 
 def _worker_main(
     spec: StudySpec,
@@ -178,6 +188,7 @@ def _worker_main(
     interrupts.ignore_from_now()  # exiting: a late signal must not turn a clean exit into -SIGINT
     raise SystemExit(code)
 
+
 def _watch_supervisor() -> None:
     """Stop this worker as soon as the process that started it is gone.
 
@@ -198,6 +209,7 @@ def _watch_supervisor() -> None:
         interrupts.request("supervisor_gone")
 
     threading.Thread(target=watch, name="signtune-supervisor-watch", daemon=True).start()
+
 
 def _wait_for_parent(box: Any, timeout_s: float = 120.0) -> str | None:
     """The parent run id the supervisor writes into ``box``; None if it never comes, or when

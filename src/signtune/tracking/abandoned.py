@@ -18,6 +18,7 @@ class FailedTrial(NamedTuple):
     host: str | None = None
     pid: int | None = None
 
+
 def end_abandoned_runs(
     tracker: Tracker,
     *,
@@ -92,6 +93,7 @@ def end_abandoned_runs(
         tracker.client.set_terminated(r.info.run_id, status="KILLED")
         ended.append(r.info.run_id)
     return ended
+
 
 def trials_missing(study: Any) -> list[Any]:
     """The finished trials whose tracking failed (``tracking_gap``) and that no back-fill logged yet."""

@@ -99,6 +99,7 @@ class NullTracker:
     def end_study(self, **_: Any) -> None:
         return None
 
+
 class Tracker:
     """MLflow logger for a study. Cheap to construct; connects on first use."""
 

@@ -22,6 +22,7 @@ PROMOTED_ARTIFACTS = (
     "provenance.json",
 )
 
+
 def log_promotion(spec: StudySpec, result: PromoteResult) -> str:
     """One MLflow run for the promotion: tags naming the source study and trials, test metrics,
     the promoted model as artifacts, and a model-registry version where the store has one."""

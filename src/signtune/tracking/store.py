@@ -29,6 +29,7 @@ def create_sqlite_store(path: Path, artifact_dir: Path | None) -> bool:
 
     return create_sqlite_atomically(path, build)
 
+
 def schema_revisions() -> tuple[frozenset[str], str | None]:
     """The MLflow schema revisions the installed MLflow knows, and its head revision.
 
@@ -54,11 +55,13 @@ def schema_revisions() -> tuple[frozenset[str], str | None]:
     heads = revisions - downs
     return frozenset(revisions), (next(iter(heads)) if len(heads) == 1 else None)
 
+
 class StoreProblem(NamedTuple):
     """What is wrong with a tracking store, and how ``study doctor --repair`` mends it."""
 
     message: str
     repair: Literal["rebuild", "upgrade"]
+
 
 def store_problem(uri: str) -> StoreProblem | None:
     """A local (SQLite) MLflow store's damage or schema mismatch; None when healthy, absent or remote.

@@ -25,6 +25,7 @@ from torch import nn
 
 from signtune.config import EvalConfig, ModelConfig, TrainConfig
 from signtune.data.types import Split, TaskData, TextTokenizer, special_ids
+from signtune.device import resolve_device
 from signtune.errors import ConfigError, DataError, Diverged, Problem
 from signtune.models import SignModel, build_model
 from signtune.train.decode import IncrementalDecoder, beam_search, greedy_decode
@@ -84,25 +85,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> ``cuda`` if available else ``cpu``; otherwise the named device.
-
-    Raises:
-        ConfigError: the name is not a device, or names CUDA on a machine without it.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(
-            Problem("run.device", f"is not a device: {name!r} ({exc})", "use auto, cpu or cuda:N")
-        ) from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(Problem("run.device", f"is {name!r}, but CUDA is not available", "use auto or cpu"))
-    return device
 
 
 def _autocast(device: torch.device, amp: bool) -> AbstractContextManager[object]:
@@ -195,7 +177,7 @@ def fit(
     seed_everything(cfg.run.seed)
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
-    device = device if device is not None else resolve_device(cfg.run.device)
+    device = device if device is not None else torch.device(resolve_device(cfg.run.device))
     amp = cfg.run.amp and device.type == "cuda"
 
     specials = special_ids(data.tokenizer)
