@@ -168,7 +168,8 @@ def _trials(spec: StudySpec, repair: bool) -> list[Finding]:
 
     from signtune.runner import pid_alive, reap_gone
     from signtune.storage import GRACE_PERIOD_S
-    from signtune.study import host_id, open_study
+    from signtune.hosts import host_id
+from signtune.study import open_study
 
     study = open_study(spec, create=False)
     host, now = host_id(), time.time()

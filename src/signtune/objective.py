@@ -6,13 +6,11 @@ import contextlib
 import math
 import os
 import signal
-import socket
 import tempfile
-import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import optuna
 
@@ -20,16 +18,16 @@ from signtune import interrupts
 from signtune.device import resolve_device
 from signtune.errors import DataError, SigntuneError, StopTrial
 from signtune.faults import from_env, inject
+from signtune.hosts import host_id
+from signtune.recorder import TRACKING_OFF_AFTER, Heartbeat, TrackingHealth, TrialRecorder
 from signtune.space import SearchSpace, suggest
 from signtune.spec import StudySpec
 from signtune.tasks import Task, TrialContext
 from signtune.tracking import MetricLogger
 
 EpochCallback = Callable[[int, int, dict[str, float]], None]
-T = TypeVar("T")
-# After this many trials in a row whose tracking failed, a worker stops calling MLflow (each
-# failing call can take a while against a server that is down); later trials record the gap.
-TRACKING_OFF_AFTER = 3
+
+__all__ = ["TRACKING_OFF_AFTER", "EpochCallback", "Heartbeat", "Objective", "Watchdog", "halve_batch"]
 
 
 class Objective:
@@ -55,26 +53,21 @@ class Objective:
         self.supervisor_pid = supervisor_pid  # the `study run` that started this worker process
         self.device = resolve_device(spec.device)
         self.faults = from_env()
-        self.tracking_failures = 0  # trials in a row whose tracking failed
+        self.health = TrackingHealth()  # how tracking fares in this process
 
     def __call__(self, trial: optuna.Trial) -> float:
         spec = self.spec
         metric = spec.objective.metric
-        started = time.perf_counter()
-        owner: dict[str, Any] = {
-            "host": os.environ.get("SIGNTUNE_HOST") or socket.gethostname(),
-            "worker": self.worker_id,
-            "pid": os.getpid(),
-        }
+        rec = TrialRecorder(trial, self.tracker, self.health)
+        owner: dict[str, Any] = {"host": host_id(), "worker": self.worker_id, "pid": os.getpid()}
         if self.supervisor_pid:
             owner["supervisor"] = self.supervisor_pid
-        for key, value in owner.items():  # first: a supervisor reaping dead workers finds trials by pid
-            trial.set_user_attr(key, value)
-        values = suggest(trial, self.space)
-        cfg = self.task.make_config(spec, values)
+        rec.set_attrs(owner)  # first: a supervisor reaping dead workers finds trials by pid
+        rec.params = suggest(trial, self.space)
+        cfg = self.task.make_config(spec, rec.params)
         if trial.user_attrs.get("oom_retry"):
             cfg = halve_batch(cfg)  # same params, half the batch, twice the accumulation
-        more: dict[str, Any] = {
+        settings: dict[str, Any] = {
             "subset": spec.budget.subset,
             "epochs": spec.epochs,
             "seed": spec.seed,
@@ -84,58 +77,17 @@ class Objective:
             else "",
         }
         if trial.user_attrs.get("oom_retry"):
-            more["oom_retry_config"] = _batch_settings(cfg)
-        for key, value in more.items():
-            trial.set_user_attr(key, value)
-        attrs = {**more, **owner}
-        run_id: str | None = None  # the trial's MLflow run, created when it first has something to log
-        gap: list[str] = []  # the first tracking failure of this trial, if any
-
-        def track(what: str, call: Callable[[], T]) -> T | None:
-            """Tracking never fails training: a failed MLflow call is recorded as the trial's
-            ``tracking_gap`` (back-filled from the study later) and the trial goes on untracked."""
-            if gap:
-                return None
-            if self.tracking_failures >= TRACKING_OFF_AFTER:
-                gap.append(f"tracking off in this worker after {TRACKING_OFF_AFTER} failed trials")
-                trial.set_user_attr("tracking_gap", gap[0])
-                return None
-            try:
-                return call()
-            except Exception as exc:
-                gap.append(f"{what}: {type(exc).__name__}: {exc}"[:500])
-                trial.set_user_attr("tracking_gap", gap[0])
-                self.tracking_failures += 1
-                return None
-
-        def ensure_run() -> str:
-            nonlocal run_id
-            if run_id is None:
-                made = track(
-                    "create the run",
-                    lambda: self.tracker.start_trial(
-                        trial.number, params=values, tags={k: str(v) for k, v in attrs.items()}
-                    ),
-                )
-                run_id = made or ""
-                if run_id:
-                    trial.set_user_attr("mlflow_run_id", run_id)
-                    url = track("read the run's URL", lambda: self.tracker.run_url(run_id or ""))
-                    _save_note(trial, f"MLflow run [`{run_id}`]({url}) (open with `study mlflow-ui`)")
-            return run_id
-
+            settings["oom_retry_config"] = _batch_settings(cfg)
+        rec.set_attrs(settings)
         fault = self.faults.for_trial(trial.number, retry="retry_of" in trial.user_attrs) if self.faults else None
         if fault:
             trial.set_user_attr("injected_fault", fault)
         watchdog = Watchdog(spec.budget.trial_timeout)
-        epochs_seen = 0
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
-            nonlocal epochs_seen
             watchdog.beat()
             if fault and epoch == 1:
                 inject(fault)
-            epochs_seen = epoch
             if metric not in metrics:
                 raise ValueError(f"report({epoch}, ...) got metrics {sorted(metrics)} but the objective is {metric!r}")
             value = float(metrics[metric])
@@ -144,9 +96,7 @@ class Objective:
             with interrupts.protected():
                 trial.report(value, epoch)
                 with watchdog.paused():  # MLflow's first import and store set-up are not the task hanging
-                    run = ensure_run()
-                    if run:
-                        track(f"log epoch {epoch}", lambda: self.tracker.log_epoch(run, metrics, epoch))
+                    rec.log_epoch(epoch, metrics)
                 if self.on_epoch is not None:
                     self.on_epoch(trial.number, epoch, metrics)
             if not math.isfinite(value):
@@ -162,96 +112,46 @@ class Objective:
             scratch_dir=Path(tempfile.gettempdir()) / f"signtune-{spec.name}-{trial.number}",
             study_dir=spec.dir,
         )
-
-        def finish(state: str, reason: str = "", **extra: Any) -> None:
-            wall = round(time.perf_counter() - started, 3)
-            trial.set_user_attr("wall_time_s", wall)
-            trial.set_user_attr("epochs_run", extra.pop("epochs_run", epochs_seen))
-            if reason:
-                trial.set_user_attr("reason", reason)
-            for key, value in extra.items():
-                trial.set_user_attr(key, value)
-            run = ensure_run()
-            if run:
-                track("end the run", lambda: self.tracker.end_trial(run, state=state, reason=reason, wall_time_s=wall))
-            if not gap:
-                self.tracking_failures = 0
-
         try:
             # Training writes nothing but the task's scratch files: a stop lands here at once.
             with Heartbeat(trial), watchdog, interrupts.interruptible():
                 result = self.task.fit(cfg, report, ctx)
         except StopTrial as stop:
-            finish("pruned", stop.reason, reason_detail=stop.detail)
+            rec.finish("pruned", stop.reason, reason_detail=stop.detail)
             raise optuna.TrialPruned(str(stop)) from None
         except KeyboardInterrupt:
             # Ctrl-C / SIGTERM (reason `interrupted`) or a supervisor that died (`supervisor_gone`).
-            finish("interrupted", interrupts.reason())
+            rec.finish("interrupted", interrupts.reason())
             raise
         except SigntuneError as exc:
             # A data problem found mid-study (a feature file changed or broke): reason `data`,
             # the error names the file; the worker goes on with its next trial.
-            finish("failed", "data" if isinstance(exc, DataError) else "error", error=str(exc)[:2000])
+            rec.finish("failed", "data" if isinstance(exc, DataError) else "error", error=str(exc)[:2000])
             raise
         except Exception as exc:
             # The memory the trial held is released by the worker loop once this frame and
             # Optuna's are gone: here the traceback still holds the model and its tensors.
-            reason = _failure_reason(exc)
-            finish(
+            rec.finish(
                 "failed",
-                reason,
+                _failure_reason(exc),
                 error=f"{type(exc).__name__}: {exc}"[:2000],
                 traceback=traceback.format_exc(limit=8)[-4000:],
             )
             raise
         value = result.metrics.get(metric)
         if value is None or not math.isfinite(float(value)):
-            finish("failed", "no_metric", error=f"task returned no finite {metric!r}: {result.metrics}")
+            rec.finish("failed", "no_metric", error=f"task returned no finite {metric!r}: {result.metrics}")
             raise RuntimeError(f"task returned no finite {metric!r} in {sorted(result.metrics)}")
         extra: dict[str, Any] = {k: v for k, v in result.attrs.items() if isinstance(v, str | int | float)}
-        finish(
+        rec.finish(
             "complete",
             epochs_run=result.epochs_run,
             n_params=result.n_params,
             best_epoch=int(result.metrics.get("epoch", result.epochs_run)),
             **extra,
         )
-        run = ensure_run()
-        if run:
-            track("log the summary", lambda: self.tracker.log_summary(run, result.metrics))
+        rec.log_summary(result.metrics)
         return float(value)
-
-
-class Heartbeat:
-    """Records the running trial's ``heartbeat`` user attr (epoch seconds) every
-    ``HEARTBEAT_INTERVAL_S`` from a daemon thread, so that ``runner.reap_stale`` can tell a
-    trial whose host died from a slow one, on every storage. A failed write is retried at the
-    next beat."""
-
-    def __init__(self, trial: optuna.Trial) -> None:
-        import threading
-
-        from signtune.storage import HEARTBEAT_INTERVAL_S
-
-        self.trial = trial
-        self.interval = HEARTBEAT_INTERVAL_S
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="signtune-heartbeat", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            with contextlib.suppress(Exception):
-                self.trial.set_user_attr("heartbeat", round(time.time(), 1))
-
-    def __enter__(self) -> Heartbeat:
-        with contextlib.suppress(Exception):
-            self.trial.set_user_attr("heartbeat", round(time.time(), 1))
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 class Watchdog:
@@ -365,13 +265,3 @@ def _failure_reason(exc: BaseException) -> str:
     if any(marker in text for marker in CUDA_FATAL):
         return "cuda_error"
     return "error"
-
-
-def _save_note(trial: optuna.Trial, body: str) -> None:
-    """A note on the trial's page in optuna-dashboard; never fails the trial."""
-    try:
-        from optuna_dashboard import save_note
-
-        save_note(trial, body)
-    except Exception:
-        return

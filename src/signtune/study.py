@@ -7,8 +7,6 @@ promote-best ask this module rather than keeping their own copies of these rules
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -265,11 +263,6 @@ def best_params(study: optuna.Study) -> dict[str, Any]:
 
 
 # --- owners and retries ------------------------------------------------------------------------
-
-
-def host_id() -> str:
-    """This machine's name in trial user attrs (``SIGNTUNE_HOST`` overrides the hostname)."""
-    return os.environ.get("SIGNTUNE_HOST") or socket.gethostname()
 
 
 def retry_once(study: optuna.Study, trial: FrozenTrial, reason: str | None = None) -> bool:

@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from signtune import study as facts
+from signtune.hosts import host_id
 from signtune.runner import reap as runner
 
 
@@ -20,7 +20,7 @@ def test_reap_fails_named_and_orphaned_trials_and_spares_live_ones(
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(study_name="s", storage=url)
     spec = types.SimpleNamespace(storage=url)
-    host = facts.host_id()
+    host = host_id()
 
     dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # the dead worker's trial
     dead.set_user_attr("pid", 111)

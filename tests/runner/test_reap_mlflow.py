@@ -16,6 +16,7 @@ from tests.runner.conftest import fast_spec
 
 from signtune import runner
 from signtune import study as facts
+from signtune.hosts import host_id
 from signtune.spec import StudySpec
 from signtune.tracking import Tracker, make_tracker
 
@@ -45,7 +46,7 @@ def dead_pid() -> int:
 def start_trial(study: optuna.Study, tracker: Tracker, pid: int, *, link: bool = True) -> tuple[int, str]:
     """A RUNNING trial of worker ``pid`` with its MLflow run, as the objective makes them."""
     trial = study.ask(X)
-    owner = {"host": facts.host_id(), "worker": "0", "pid": pid}
+    owner = {"host": host_id(), "worker": "0", "pid": pid}
     for key, value in owner.items():
         trial.set_user_attr(key, value)
     run_id = tracker.start_trial(trial.number, params=trial.params, tags={k: str(v) for k, v in owner.items()})
@@ -98,7 +99,7 @@ def test_reap_command_ends_a_killed_study_runs_parent_and_trial_runs(tracked: St
     gone = dead_pid()
     tracker.client.set_tag(parent, "signtune.pid", str(gone))  # the whole `study run` was SIGKILLed
     number, run_id = start_trial(study, tracker, gone)
-    assert client(spec).get_run(parent).data.tags["signtune.host"] == facts.host_id()
+    assert client(spec).get_run(parent).data.tags["signtune.host"] == host_id()
 
     assert runner.reap(spec) == [number]
 
@@ -164,7 +165,7 @@ def test_reaping_without_tracking_never_opens_mlflow(fast_project: Path, monkeyp
     trial = study.ask(X)
     gone = dead_pid()
     trial.set_user_attr("pid", gone)
-    trial.set_user_attr("host", facts.host_id())
+    trial.set_user_attr("host", host_id())
 
     def boom(self: Tracker) -> list[Any]:
         raise AssertionError("MLflow opened with tracking off")

@@ -227,7 +227,9 @@ def worker(
     # the budget, subset and epochs `study create` or the first run stored, unless given here
     spec, space, task = load_settled(study, overrides)
     prepare(task, spec)
-    wid = worker_id or f"{os.environ.get('SIGNTUNE_HOST') or __import__('socket').gethostname()}-{os.getpid()}"
+    from signtune.hosts import host_id as this_host
+
+    wid = worker_id or f"{this_host()}-{os.getpid()}"
     err.print(f"worker {wid} on {spec.name} at {mask_url(spec.storage)}", highlight=False)
 
     def on_trial_end(t: Any) -> None:
@@ -271,13 +273,13 @@ def status(
 
     from optuna.trial import TrialState
 
-    from signtune.study import open_study
+    from signtune.study import count_states, open_study
 
     quiet()
     spec, _, _ = load(study, {"storage": storage})
     s = open_study(spec, create=False)
     trials = s.get_trials(deepcopy=False)
-    counts = {st.name.lower(): sum(t.state == st for t in trials) for st in TrialState}
+    counts = {st.name.lower(): n for st, n in count_states(s).items()}
     out.print(f"[bold]{spec.name}[/]: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     if done:

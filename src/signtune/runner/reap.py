@@ -19,9 +19,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from signtune import interrupts
+from signtune.hosts import host_id
 from signtune.spec import StudySpec
 from signtune.storage import create_storage
-from signtune.study import host_id, open_study, retry_once
+from signtune.study import open_study, retry_once
 
 ORPHAN_AGE_S = 20.0  # how long a RUNNING trial may go without naming its worker (see reap_dead)
 

@@ -6,13 +6,13 @@ same code serves one process or many."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from signtune.errors import ConfigError, Problem
+from signtune.hosts import host_id
 from signtune.storage import check_scheme, mask_url
 from signtune.tracking.quiet import quiet_mlflow
 from signtune.tracking.store import create_sqlite_store
@@ -183,7 +183,7 @@ class Tracker:
                 "signtune.study": study_name,
                 "signtune.storage": mask_url(storage),
                 # Who runs the study: `study reap` ends the run once this process is gone.
-                "signtune.host": os.environ.get("SIGNTUNE_HOST") or socket.gethostname(),
+                "signtune.host": host_id(),
                 "signtune.pid": str(os.getpid()),
                 **tags,
             },
