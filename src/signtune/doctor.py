@@ -166,10 +166,10 @@ def _trials(spec: StudySpec, repair: bool) -> list[Finding]:
 
     from optuna.trial import TrialState
 
+    from signtune.hosts import host_id
     from signtune.runner import pid_alive, reap_gone
     from signtune.storage import GRACE_PERIOD_S
-    from signtune.hosts import host_id
-from signtune.study import open_study
+    from signtune.study import open_study
 
     study = open_study(spec, create=False)
     host, now = host_id(), time.time()
