@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from signtune import interrupts
 from signtune.errors import Problem, StudyError
+from signtune.hosts import host_id
 from signtune.objective import EpochCallback, Objective
 from signtune.runner.budget import SharedBudget
 from signtune.runner.placement import plan_workers
@@ -38,7 +39,6 @@ from signtune.study import (
     count_finished,
     count_states,
     enqueue_defaults,
-    host_id,
     open_study,
 )
 from signtune.tasks import Task
