@@ -10,6 +10,9 @@ Format (one entry per dotted config key)::
 
 ``when`` makes a parameter conditional on earlier ones: it is suggested only in trials where
 every named parameter took one of the listed values.
+
+Size: a little past 400 lines: the parser, the conditional-parameter rules and ``suggest``
+share one table of parameter kinds and are tested as one.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ given exactly (one-hot glosses) the first setting reaches 89: most of the work i
 ``ensure_synthetic(out_dir, seed=0)`` is what commands call; ``generate`` always rebuilds. Both
 write into a temporary sibling folder and rename it into place, so an interrupted run never
 leaves half a dataset; ``synth.json`` (written last) marks a complete one.
+
+Size: one module past 400 lines because the grammar, lexicon, motion model and writer are one
+seeded algorithm whose parts share their constants; it is read top to bottom like the loop.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ Everything is read offline (``local_files_only=True``): the T5 from a folder wri
 ``save_pretrained`` (or a hub id already in the Hugging Face cache), weights from safetensors
 only, and the sign encoder from a promoted model folder (``config.json`` + safetensors).
 ``transformers`` is imported when a T5 is built, not when this module is.
+
+Size: past 400 lines because the T5 wrapper, the feature projection, the optional sign encoder
+and their parameter groups are one model whose pieces are built and frozen together.
 """
 
 from __future__ import annotations
