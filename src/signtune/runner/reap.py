@@ -50,16 +50,22 @@ def pid_alive(pid: Any) -> bool:
 
 
 def reap(spec: StudySpec) -> list[int]:
-    """Fail trials left RUNNING by workers that are gone: on this host by pid, elsewhere by heartbeat."""
-    return reap_gone(spec, open_study(spec, create=False))
+    """Fail trials left RUNNING by workers that are gone: on this host by pid, elsewhere by heartbeat.
+
+    Also ends every MLflow run that dead processes left RUNNING, including those an earlier
+    reap could not end (MLflow was down then).
+    """
+    return reap_gone(spec, open_study(spec, create=False), end_runs=True)
 
 
-def reap_gone(spec: StudySpec, study: optuna.Study) -> list[int]:
+def reap_gone(spec: StudySpec, study: optuna.Study, *, end_runs: bool = False) -> list[int]:
     """Fail (and retry once) the RUNNING trials whose process is gone: dead pids on this host
     (reason ``worker_died``), and any host's trials with a stale heartbeat (``heartbeat``).
 
     Workers of a ``study run`` that was killed stop by themselves within moments; they are
     waited for first, so that a trial one of them is just finishing is not counted twice.
+    MLflow is opened to end abandoned runs only when something was reaped, a ``study run`` of
+    this host died, or ``end_runs`` asks for it (``study reap``): a clean start stays fast.
     """
     host = host_id()
     _wait_for_orphaned_workers(study, host)
@@ -71,7 +77,7 @@ def reap_gone(spec: StudySpec, study: optuna.Study) -> list[int]:
     # A `study run` of this host that died (SIGKILL, OOM-kill) left its MLflow run RUNNING.
     last = study.user_attrs.get("supervisor") or {}
     dead_run = last.get("host") == host and not pid_alive(last.get("pid")) and last.get("pid") != os.getpid()
-    reaped = reap_dead(spec, study, {p for p in gone if isinstance(p, int)}, end_runs=dead_run)
+    reaped = reap_dead(spec, study, {p for p in gone if isinstance(p, int)}, end_runs=end_runs or dead_run)
     if dead_run:
         study.set_user_attr("supervisor", {})
     return sorted(set(reaped) | set(reap_stale(spec, study)))
