@@ -193,7 +193,7 @@ def _trials(spec: StudySpec, repair: bool) -> list[Finding]:
                 f"run `study doctor --study {spec.name} --repair` or `study reap --study {spec.name}`",
             )
         ]
-    reaped = reap_gone(spec, study)
+    reaped = reap_gone(spec, study, end_runs=True)
     return [Finding("trials", "repaired", f"failed trials {reaped} (their params are retried once)")]
 
 
