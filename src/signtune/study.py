@@ -119,14 +119,14 @@ def open_study(spec: StudySpec, *, create: bool = True, seed_offset: int = 0) ->
     if not create:
         path = spec.storage.split(":///", 1)[1] if spec.storage.startswith(("sqlite:///", "journal:///")) else None
         if path is not None and not Path(path).exists():  # don't leave an empty database behind
-            raise _no_study(spec, f"{mask_url(spec.storage)} does not exist yet")
+            raise _no_study(spec, "the file does not exist yet")
     storage = create_storage(spec.storage)
     sampler, pruner = build_sampler(spec, seed_offset), build_pruner(spec)
     if not create:
         try:
             return optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
         except KeyError:
-            raise _no_study(spec, f"{mask_url(spec.storage)} holds no study of that name") from None
+            raise _no_study(spec, "the storage holds no study of that name") from None
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
@@ -152,7 +152,11 @@ def open_study(spec: StudySpec, *, create: bool = True, seed_offset: int = 0) ->
 
 def _no_study(spec: StudySpec, why: str) -> StudyError:
     return StudyError(
-        Problem(f"study {spec.name!r}", f"not found: {why}", f"run `study run --study {spec.name}` first")
+        Problem(
+            f"storage {mask_url(spec.storage)}",
+            f"no study named {spec.name!r}: {why}",
+            f"run `study run --study {spec.name}` first",
+        )
     )
 
 
