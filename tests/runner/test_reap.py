@@ -10,7 +10,7 @@ import pytest
 from optuna.trial import TrialState
 
 from signtune.hosts import host_id
-from signtune.runner import reap as runner
+from signtune.runner import reaping as runner
 
 
 def test_reap_fails_named_and_orphaned_trials_and_spares_live_ones(

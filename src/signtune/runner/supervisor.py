@@ -28,7 +28,7 @@ from signtune.hosts import host_id
 from signtune.objective import EpochCallback, Objective
 from signtune.runner.budget import SharedBudget
 from signtune.runner.placement import plan_workers
-from signtune.runner.reap import INTERRUPT_ORPHAN_AGE_S, reap_dead, reap_gone
+from signtune.runner.reaping import INTERRUPT_ORPHAN_AGE_S, reap_dead, reap_gone
 from signtune.runner.worker import MAX_CONSECUTIVE_FAILURES, WORKER_GAVE_UP, _worker_main, worker_loop
 from signtune.space import SearchSpace
 from signtune.spec import StudySpec

@@ -19,7 +19,7 @@ from signtune import interrupts
 from signtune.errors import DeviceLost, Problem, StudyError
 from signtune.objective import Objective, free_accelerator_memory
 from signtune.runner.budget import Budget, SharedBudget, StorageBudget
-from signtune.runner.reap import reap_stale
+from signtune.runner.reaping import reap_stale
 from signtune.space import SearchSpace
 from signtune.spec import StudySpec
 from signtune.study import enqueue_defaults, open_study, retry_once
