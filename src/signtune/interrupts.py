@@ -181,6 +181,15 @@ def ignore_from_now() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def uninstall() -> None:
+    """Give SIGINT and SIGTERM back their default handling (tests)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _state.installed = False
+    reset()
+
+
 def reset() -> None:
     """Forget a pending stop (tests, and a process that handled one and goes on)."""
     _state.signum = None

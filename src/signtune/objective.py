@@ -64,7 +64,16 @@ class Objective:
             owner["supervisor"] = self.supervisor_pid
         rec.set_attrs(owner)  # first: a supervisor reaping dead workers finds trials by pid
         rec.params = suggest(trial, self.space)
-        cfg = self.task.make_config(spec, rec.params)
+        try:
+            cfg = self.task.make_config(spec, rec.params)
+        except Exception as exc:  # a plug-in's config hook: recorded like any task error
+            rec.finish(
+                "failed",
+                "error",
+                error=f"{type(exc).__name__}: {exc}"[:2000],
+                traceback=traceback.format_exc(limit=8)[-4000:],
+            )
+            raise
         if trial.user_attrs.get("oom_retry"):
             cfg = halve_batch(cfg)  # same params, half the batch, twice the accumulation
         settings: dict[str, Any] = {
@@ -93,10 +102,11 @@ class Objective:
             value = float(metrics[metric])
             # Storage and tracking writes are never cut by Ctrl-C; a stop requested meanwhile is
             # raised when they end, back in the training.
-            with interrupts.protected():
+            # The watchdog holds its alarm meanwhile: a storage write waiting on a lock, MLflow's
+            # first import and store set-up are not the task hanging, and are never cut.
+            with interrupts.protected(), watchdog.paused():
                 trial.report(value, epoch)
-                with watchdog.paused():  # MLflow's first import and store set-up are not the task hanging
-                    rec.log_epoch(epoch, metrics)
+                rec.log_epoch(epoch, metrics)
                 if self.on_epoch is not None:
                     self.on_epoch(trial.number, epoch, metrics)
             if not math.isfinite(value):

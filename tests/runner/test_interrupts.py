@@ -16,15 +16,12 @@ from signtune import interrupts
 
 @pytest.fixture
 def handlers() -> Iterator[None]:
-    old = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     interrupts.reset()
     interrupts.install()
     try:
         yield
     finally:
-        interrupts.reset()
-        signal.signal(signal.SIGINT, old[0])
-        signal.signal(signal.SIGTERM, old[1])
+        interrupts.uninstall()
 
 
 def test_outside_any_region_a_signal_waits_for_the_checkpoint(handlers: None) -> None:

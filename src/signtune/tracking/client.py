@@ -304,7 +304,7 @@ class Tracker:
         filled: list[int] = []
         try:
             for t in missing:
-                run_id = _existing_run(self, t.user_attrs.get("mlflow_run_id"))
+                run_id = _existing_run(self, t.user_attrs.get("mlflow_run_id"), t.number)
                 owner = ("host", "worker", "pid", "subset", "epochs")
                 tags = {k: str(t.user_attrs[k]) for k in owner if k in t.user_attrs}
                 if run_id is None:
@@ -331,10 +331,17 @@ class Tracker:
         return filled
 
 
-def _existing_run(tracker: Tracker, run_id: Any) -> str | None:
-    if not isinstance(run_id, str) or not run_id:
-        return None
-    try:
-        return str(tracker.client.get_run(run_id).info.run_id)
-    except Exception:  # never created, or the store was rebuilt since
-        return None
+def _existing_run(tracker: Tracker, run_id: Any, number: int) -> str | None:
+    """The trial's run: its recorded ``mlflow_run_id``, else one an earlier back-fill created
+    (tagged ``signtune.backfilled``) before it was cut short; None when there is neither."""
+    if isinstance(run_id, str) and run_id:
+        try:
+            return str(tracker.client.get_run(run_id).info.run_id)
+        except Exception:  # never created, or the store was rebuilt since
+            pass
+    found = tracker.client.search_runs(
+        [tracker.experiment_id()],
+        filter_string=f"tags.`signtune.trial` = '{number}' AND tags.`signtune.backfilled` = 'true'",
+        max_results=1,
+    )
+    return str(found[0].info.run_id) if found else None
