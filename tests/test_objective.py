@@ -12,8 +12,10 @@ import dataclasses
 import math
 import os
 import signal
+import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,16 @@ def _no_pending_stop() -> Iterator[None]:
     interrupts.reset()
     yield
     interrupts.reset()
+
+
+@pytest.fixture(autouse=True)
+def dashboard_notes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
+    """optuna-dashboard's ``save_note``, recorded (the real package takes seconds to import)."""
+    notes: list[tuple[int, str]] = []
+    fake = types.ModuleType("optuna_dashboard")
+    fake.save_note = lambda trial, body: notes.append((trial.number, body))  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "optuna_dashboard", fake)
+    return notes
 
 
 @pytest.fixture
@@ -475,10 +487,10 @@ def test_a_silent_trial_is_stopped_by_the_watchdog(tmp_path: Path) -> None:
 
 def test_the_watchdog_is_re_armed_by_every_report(tmp_path: Path) -> None:
     """A trial that keeps reporting runs longer than the timeout without being stopped."""
-    spec = make_spec(tmp_path / "study", trial_timeout=0.4)
+    spec = make_spec(tmp_path / "study", trial_timeout=0.3)
 
     def fit(cfg: dict[str, Any], report: Callable[[int, dict[str, float]], None], ctx: TrialContext) -> TaskResult:
-        end = time.monotonic() + 0.8  # twice the timeout, in reports 0.02 s apart
+        end = time.monotonic() + 0.6  # twice the timeout, in reports 0.02 s apart
         epoch = 0
         while time.monotonic() < end:
             epoch += 1
@@ -496,7 +508,7 @@ def test_slow_tracking_is_not_counted_as_a_silent_trial(tmp_path: Path) -> None:
 
     class SlowTracker(RecordingTracker):
         def start_trial(self, number: int, *, params: dict[str, Any], tags: dict[str, str]) -> str:
-            time.sleep(0.5)  # slow I/O, longer than the timeout
+            time.sleep(0.4)  # slow I/O, twice the timeout
             return super().start_trial(number, params=params, tags=tags)
 
     tracker = SlowTracker()
@@ -521,7 +533,7 @@ def test_the_watchdog_is_off_outside_the_main_thread() -> None:
 
 
 def test_a_working_tracker_gets_the_trial_run(
-    spec: StudySpec, space: SearchSpace, monkeypatch: pytest.MonkeyPatch
+    spec: StudySpec, space: SearchSpace, monkeypatch: pytest.MonkeyPatch, dashboard_notes: list[tuple[int, str]]
 ) -> None:
     monkeypatch.setenv("SIGNTUNE_HOST", "node-3")
     tracker = RecordingTracker()
@@ -537,6 +549,13 @@ def test_a_working_tracker_gets_the_trial_run(
     assert tracker.calls[5][1] == (f"run-{trial.number}", {"score": 0.3})
     assert trial.user_attrs["mlflow_run_id"] == f"run-{trial.number}"
     assert "tracking_gap" not in trial.user_attrs
+    # The trial's page in optuna-dashboard links its MLflow run.
+    assert dashboard_notes == [
+        (
+            trial.number,
+            f"MLflow run [`run-{trial.number}`](http://mlflow/run-{trial.number}) (open with `study mlflow-ui`)",
+        )
+    ]
 
 
 def test_a_failing_tracker_never_fails_a_trial_and_is_switched_off(spec: StudySpec, space: SearchSpace) -> None:
