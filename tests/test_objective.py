@@ -680,38 +680,78 @@ def test_ctrl_c_inside_fit_fails_the_trial_as_interrupted(spec: StudySpec, space
     assert end[0][2] == {"state": "interrupted", "reason": "interrupted"}
 
 
-def test_a_stop_because_the_supervisor_died_says_so(spec: StudySpec, space: SearchSpace) -> None:
+@pytest.fixture
+def handlers() -> Iterator[None]:
+    """SIGINT and SIGTERM handled as stop requests, as in a worker process; put back afterwards."""
+    old = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    interrupts.install()
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old[0])
+        signal.signal(signal.SIGTERM, old[1])
+
+
+def trains_until_stopped(stop: Callable[[], None]) -> FitFn:
+    """A task that reports once, calls ``stop``, then trains (bounded) until a stop reaches it."""
+
     def fit(cfg: dict[str, Any], report: Callable[[int, dict[str, float]], None], ctx: TrialContext) -> TaskResult:
         report(1, {"score": 0.5})
-        interrupts.request("supervisor_gone")  # what the supervisor watcher does
-        interrupts.checkpoint()
-        return TaskResult(metrics={"score": 0.5}, epochs_run=1)
+        stop()
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            time.sleep(0.01)
+        return TaskResult(metrics={"score": 0.5}, epochs_run=1)  # never stopped: the test fails
 
-    tracker = RecordingTracker()
+    return fit
+
+
+def interrupted_trial(objective: Objective) -> FrozenTrial:
     study = new_study()
-    with pytest.raises(KeyboardInterrupt):
-        study.optimize(Objective(spec, space, FakeTask(fit), tracker), n_trials=1)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):  # the worker stops: the interrupt is not swallowed
+        study.optimize(objective, n_trials=1)
+    assert time.monotonic() - started < 4, "the stop reached the task at once"
     trial = study.get_trials(deepcopy=False)[-1]
     assert trial.state == TrialState.FAIL
+    return trial
+
+
+def test_a_ctrl_c_stops_a_training_task_at_once(spec: StudySpec, space: SearchSpace, handlers: None) -> None:
+    tracker = RecordingTracker()
+    task = FakeTask(trains_until_stopped(lambda: os.kill(os.getpid(), signal.SIGINT)))
+    trial = interrupted_trial(Objective(spec, space, task, tracker))
+    assert trial.user_attrs["reason"] == "interrupted"
+    assert [c[2] for c in tracker.calls if c[0] == "end_trial"] == [{"state": "interrupted", "reason": "interrupted"}]
+    assert interrupts.exit_code() == 130
+
+
+def test_a_stop_because_the_supervisor_died_says_so(spec: StudySpec, space: SearchSpace, handlers: None) -> None:
+    def watcher_sees_the_supervisor_gone() -> None:  # what the worker's watcher thread does
+        thread = threading.Thread(target=interrupts.request, args=("supervisor_gone",))
+        thread.start()
+        thread.join()
+
+    tracker = RecordingTracker()
+    trial = interrupted_trial(
+        Objective(spec, space, FakeTask(trains_until_stopped(watcher_sees_the_supervisor_gone)), tracker)
+    )
     assert trial.user_attrs["reason"] == "supervisor_gone"
     assert [c[2] for c in tracker.calls if c[0] == "end_trial"] == [
         {"state": "interrupted", "reason": "supervisor_gone"}
     ]
 
 
-def test_a_stop_during_a_report_lands_after_its_writes(spec: StudySpec, space: SearchSpace) -> None:
-    """A stop requested while an epoch is being recorded is raised once the storage and tracking
-    writes are done: the epoch's intermediate value and MLflow metrics are both kept."""
+def test_a_stop_during_a_report_lands_after_its_writes(spec: StudySpec, space: SearchSpace, handlers: None) -> None:
+    """A Ctrl-C while an epoch is being recorded is raised once the storage and tracking writes
+    are done: the epoch's intermediate value and MLflow metrics are both kept."""
     tracker = RecordingTracker()
 
-    def stop_now(number: int, epoch: int, metrics: dict[str, float]) -> None:
-        interrupts.request()  # Ctrl-C while the epoch is being written
+    def ctrl_c_now(number: int, epoch: int, metrics: dict[str, float]) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
 
-    study = new_study()
-    with pytest.raises(KeyboardInterrupt):
-        study.optimize(Objective(spec, space, FakeTask(epochs_of([0.1, 0.2])), tracker, on_epoch=stop_now), n_trials=1)
-    trial = study.get_trials(deepcopy=False)[-1]
-    assert trial.state == TrialState.FAIL and trial.user_attrs["reason"] == "interrupted"
+    trial = interrupted_trial(Objective(spec, space, FakeTask(epochs_of([0.1, 0.2])), tracker, on_epoch=ctrl_c_now))
+    assert trial.user_attrs["reason"] == "interrupted"
     assert trial.intermediate_values == {1: 0.1}
     assert tracker.names().count("log_epoch") == 1
     assert trial.user_attrs["epochs_run"] == 1
