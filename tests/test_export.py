@@ -2,13 +2,15 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 from pathlib import Path
 
 import optuna
 import pytest
 
+from signtune.errors import StudyError
 from signtune.export import PLOTS, export_study
-from signtune.spec import load_spec
+from signtune.spec import load_spec, parse_sets
 
 
 def _study(n: int) -> optuna.Study:
@@ -37,13 +39,35 @@ def test_export_writes_every_file(study_dir: Path) -> None:
     assert best["fixed"]["data.subset"] == 0.3
     assert best["spec_hash"] == spec.hash()
     assert "study train" in best["reproduce"]
-    assert len(list(csv.DictReader((out / "trials.csv").open()))) == 12
+    assert best["trial"] == study.best_trial.number and best["epochs_run"] == 3
+    assert (best["n_trials"], best["n_complete"]) == (12, 12)
+    assert (best["metric"], best["direction"]) == ("val_bleu", "maximize")
+    assert not set(best["fixed"]) & set(best["params"]), "`fixed` lists only what the trials did not search"
+    assert best["fixed"]["run.epochs"] == spec.epochs
+    # The reproduce command re-runs the best trial's config: its --set values read back as its params.
+    args = shlex.split(best["reproduce"])
+    assert args[:4] == ["study", "train", "--study", str(spec.path)]
+    assert args[args.index("--subset") + 1] == "0.3" and args[args.index("--epochs") + 1] == str(spec.epochs)
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    assert parse_sets(sets) == study.best_params
+    # trials.csv: one row per trial in trial order, signtune's attrs, then the params.
+    with (out / "trials.csv").open(newline="") as f:
+        header = next(csv.reader(f))
+    assert header[:3] == ["number", "state", "value"]
+    assert header[-2:] == ["model.dropout", "optim.lr"]
+    assert {"reason", "epochs_run", "wall_time_s", "host", "worker", "mlflow_run_id"} <= set(header)
+    rows = list(csv.DictReader((out / "trials.csv").open(newline="")))
+    trials = study.get_trials()
+    assert [int(r["number"]) for r in rows] == [t.number for t in trials]
+    assert [float(r["value"]) for r in rows] == [t.value for t in trials]
+    assert [float(r["optim.lr"]) for r in rows] == [t.params["optim.lr"] for t in trials]
+    assert all(r["state"] == "COMPLETE" and r["epochs_run"] == "3" and r["reason"] == "" for r in rows)
     for name in PLOTS:
         page = (out / f"{name}.html").read_text()
         assert "plotly" in page.lower() and "signtune-unavailable" not in page, name
-    # Importances are computed on data: the dropout drives the value, the lr barely does.
-    imp = optuna.importance.get_param_importances(study)
-    assert imp["model.dropout"] > imp["optim.lr"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["best_params.json", "trials.csv", "report.html", *(f"{name}.html" for name in PLOTS)]
+    )
 
 
 def test_export_with_no_complete_trial_says_so(study_dir: Path) -> None:
@@ -65,12 +89,38 @@ def test_failed_export_keeps_previous(study_dir: Path, monkeypatch: pytest.Monke
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("signtune.export.write_trials_csv", boom)
-    from signtune.errors import StudyError
-
     with pytest.raises(StudyError, match="No space left on device"):
         export_study(_study(4), spec)
     assert (out / "best_params.json").read_text() == before
     assert not list(spec.dir.glob(".export-*"))
+
+
+def test_interrupted_export_keeps_previous(study_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the report is written: the previous export stays whole, no partial folder."""
+    spec = load_spec("demo")
+    out = export_study(_study(3), spec)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(*_a: object, **_k: object) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("signtune.export.report_html", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_study(_study(4), spec)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in spec.dir.iterdir() if p.name.startswith(("export", ".export"))) == ["export"]
+
+
+def test_a_new_export_replaces_the_whole_folder(study_dir: Path, tmp_path: Path) -> None:
+    spec = load_spec("demo")
+    out = tmp_path / "elsewhere" / "exp"
+    assert export_study(_study(2), spec, out) == out
+    (out / "stale.txt").write_text("from an older export")
+    export_study(_study(3), spec, out)
+    assert not (out / "stale.txt").exists()
+    assert len(list(csv.DictReader((out / "trials.csv").open()))) == 3
+    assert sorted(p.name for p in out.parent.iterdir()) == ["exp"], "no temporary or .old folder is left"
+    assert not (spec.dir / "export").exists(), "--out is honoured"
 
 
 def test_report_is_one_self_contained_file(study_dir: Path) -> None:
@@ -88,4 +138,6 @@ def test_report_is_one_self_contained_file(study_dir: Path) -> None:
     assert "train" in page and "900" in page  # the data summary
     assert page.count("plotly-graph-div") >= 4
     assert "hunter2" not in page and "bob:***@" in page
+    best = (out / "best_params.json").read_text()
+    assert "hunter2" not in best and "bob:***@" in best
     assert 'src="http' not in page  # nothing loaded from the network
