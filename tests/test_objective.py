@@ -382,13 +382,6 @@ def test_a_result_without_a_finite_metric_fails_as_no_metric(
     assert "score" in trial.user_attrs["error"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Objective calls task.make_config outside its try: a make_config exception (e.g. a ConfigError "
-    "for a bad value) fails the trial with no `reason`, `error` or `traceback` attr, so the worker loop's "
-    "'N trials in a row failed' message points at a traceback attr that does not exist and the export "
-    "tallies the trial as reason 'unknown'",
-)
 def test_a_make_config_error_is_recorded_like_any_task_error(spec: StudySpec, space: SearchSpace) -> None:
     class BadConfig(FakeTask):
         def make_config(self, spec: StudySpec, values: dict[str, Any]) -> dict[str, Any]:

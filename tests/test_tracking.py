@@ -26,7 +26,6 @@ from signtune.tracking import (
     RUN_STATUS,
     FailedTrial,
     Tracker,
-    backfill,
     create_sqlite_store,
     end_abandoned_runs,
     schema_revisions,
@@ -314,7 +313,7 @@ def test_backfill_logs_each_gap_trial_once_from_the_study(store: Store) -> None:
     running = study.ask()  # still running: its gap is filled when it ends
     running.set_user_attr("tracking_gap", "x")
 
-    assert backfill(tracker, study, "score") == [0, 1, 2, 4, 5]
+    assert tracker.backfill(study, "score") == [0, 1, 2, 4, 5]
     assert study.user_attrs["tracking_backfilled"] == [0, 1, 2, 4, 5]
 
     runs = trial_runs(tracker)
@@ -346,12 +345,12 @@ def test_backfill_logs_each_gap_trial_once_from_the_study(store: Store) -> None:
 
     # Once logged, never again.
     n_runs = len(runs_of(tracker))
-    assert backfill(tracker, study, "score") == []
+    assert tracker.backfill(study, "score") == []
     assert len(runs_of(tracker)) == n_runs
     assert history(tracker, r0.info.run_id, "score") == [(1, 0.1), (2, 0.2)]
 
     # `numbers` picks finished trials whatever their gap (a rebuilt store misses them all).
-    assert backfill(tracker, study, "score", numbers={3, running.number}) == [3]
+    assert tracker.backfill(study, "score", numbers={3, running.number}) == [3]
     (r3,) = trial_runs(tracker)[3]
     assert r3.data.metrics["best_score"] == 0.9 and r3.info.status == "FINISHED"
     assert study.user_attrs["tracking_backfilled"] == [0, 1, 2, 3, 4, 5]
@@ -376,9 +375,9 @@ def cut_short_backfill(store: Store) -> tuple[Tracker, optuna.Study]:
     for value in (0.1, 0.2, 0.3):
         add_trial(study, TrialState.COMPLETE, value=value, intermediate_values={1: value}, user_attrs=gap())
     with pytest.raises(ConnectionError):
-        backfill(tracker, study, "score")
+        tracker.backfill(study, "score")
     assert study.user_attrs["tracking_backfilled"] == [0]
-    assert backfill(tracker, study, "score") == [1, 2]
+    assert tracker.backfill(study, "score") == [1, 2]
     return tracker, study
 
 
@@ -390,12 +389,6 @@ def test_a_backfill_cut_short_records_what_it_logged(store: Store) -> None:
     assert len(runs[0]) == 1 and len(runs[2]) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backfill does not record the run it creates for a trial (no mlflow_run_id), so a back-fill "
-    "that fails after creating a trial's run leaves that run RUNNING and the next back-fill creates a "
-    "second run for the same trial",
-)
 def test_a_backfill_cut_short_leaves_one_finished_run_per_trial(store: Store) -> None:
     tracker, _ = cut_short_backfill(store)
     runs = trial_runs(tracker)
