@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import optuna
 import pytest
 
-from signtune.export import PLOTS, export_study
+from signtune.export import PLOTLY_JS, PLOTS, export_study
 from signtune.spec import load_spec
 
 
@@ -44,6 +45,30 @@ def test_export_writes_every_file(study_dir: Path) -> None:
     # Importances are computed on data: the dropout drives the value, the lr barely does.
     imp = optuna.importance.get_param_importances(study)
     assert imp["model.dropout"] > imp["optim.lr"]
+
+
+PLOTLY_BANNER = "* plotly.js v"  # the licence header at the top of plotly.js
+
+
+def test_plotly_js_is_written_once_per_export(study_dir: Path) -> None:
+    """The plot pages share one plotly.min.js beside them; only report.html inlines it (once).
+
+    Before, each of the four plot pages and the report inlined plotly.js: five files of ~4.8 MB,
+    24 MB per export.
+    """
+    spec = load_spec("demo")
+    out = export_study(_study(12), spec)
+    sizes = {f.name: f.stat().st_size for f in out.iterdir()}
+    texts = {name: (out / name).read_text(encoding="utf-8") for name in sizes if name != "trials.csv"}
+    assert sorted(name for name, text in texts.items() if PLOTLY_BANNER in text) == [PLOTLY_JS, "report.html"]
+    assert texts[PLOTLY_JS].count(PLOTLY_BANNER) == 1 and sizes[PLOTLY_JS] > 3_000_000
+    for name in PLOTS:
+        page = texts[f"{name}.html"]
+        scripts = re.findall(r"<script[^>]*\bsrc=[\"']?([^\"' >]+)", page)
+        assert scripts == [PLOTLY_JS], (name, scripts)  # relative to the page: no CDN, works offline
+        assert "Plotly.newPlot(" in page, name
+        assert sizes[f"{name}.html"] < 200_000, (name, sizes[f"{name}.html"])
+    assert sum(sizes.values()) < 11_000_000, sizes  # plotly.js twice (folder copy + report), not five times
 
 
 def test_export_with_no_complete_trial_says_so(study_dir: Path) -> None:

@@ -1,4 +1,8 @@
-"""Study exports: ``best_params.json``, ``trials.csv`` and self-contained HTML plots.
+"""Study exports: ``best_params.json``, ``trials.csv``, HTML plots and ``report.html``.
+
+plotly.js (~4.8 MB) is written once per export, as ``plotly.min.js`` beside the plot pages
+that load it; ``report.html`` is the one file to mail, with plotly.js inlined once. Nothing
+loads from the network, so every page renders offline.
 
 Files are written into a temporary sibling folder and swapped in at the end, so a failed
 export (disk full, Ctrl-C) leaves the previous export intact and the study untouched.
@@ -25,6 +29,7 @@ from signtune.storage import mask_url
 from signtune.study import ranked_trials
 
 PLOTS = ("param_importances", "optimization_history", "parallel_coordinate", "intermediate_values")
+PLOTLY_JS = "plotly.min.js"  # the plot pages' shared copy of plotly.js, beside them
 
 
 def export_study(study: optuna.Study, spec: StudySpec, out_dir: Path | None = None) -> Path:
@@ -41,6 +46,10 @@ def export_study(study: optuna.Study, spec: StudySpec, out_dir: Path | None = No
         figures = {name: _figure(study, name) for name in PLOTS}
         for name, fig in figures.items():
             (tmp / f"{name}.html").write_text(_page(study, name, fig), encoding="utf-8")
+        if any(not isinstance(fig, str) for fig in figures.values()):
+            from plotly.offline import get_plotlyjs
+
+            (tmp / PLOTLY_JS).write_text(get_plotlyjs(), encoding="utf-8")
         (tmp / "report.html").write_text(report_html(study, spec, figures), encoding="utf-8")
         commit_dir(tmp, out)
     except OSError as exc:
@@ -171,10 +180,12 @@ def _unavailable(name: str, why: str) -> str:
 
 
 def _page(study: optuna.Study, name: str, fig: Any) -> str:
-    """One self-contained HTML plot (plotly.js inlined), or a page that says why it is empty."""
+    """One HTML plot that loads ``plotly.min.js`` from its own folder, or a page that says why it is empty."""
     if isinstance(fig, str):
         return f"<!doctype html><meta charset='utf-8'><title>{name}</title>" + _unavailable(name, fig)
-    return str(fig.to_html(include_plotlyjs=True, full_html=True))
+    # "directory" writes <script src="plotly.min.js">: a relative path, so it works offline
+    # wherever the folder is copied; export_study writes that file once.
+    return str(fig.to_html(include_plotlyjs="directory", full_html=True))
 
 
 def report_html(study: optuna.Study, spec: StudySpec, figures: dict[str, Any] | None = None) -> str:
