@@ -112,5 +112,10 @@ def test_report_is_one_self_contained_file(study_dir: Path) -> None:
     assert "diverged" in page  # pruning reasons are tallied
     assert "train" in page and "900" in page  # the data summary
     assert page.count("plotly-graph-div") >= 4
+    # Every table sits in a box that scrolls sideways, so a wide leaderboard does not widen the page
+    # (tests/browse/test_export_pages.py measures it in Chromium).
+    assert page.count("<table") == page.count("<div class='signtune-table'><table>") >= 4
+    assert ".signtune-table{max-width:100%;overflow-x:auto" in page
+    assert "<th>model.<wbr>dropout</th>" in page  # long column names may wrap
     assert "hunter2" not in page and "bob:***@" in page
     assert 'src="http' not in page  # nothing loaded from the network

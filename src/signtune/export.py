@@ -188,6 +188,24 @@ def _page(study: optuna.Study, name: str, fig: Any) -> str:
     return str(fig.to_html(include_plotlyjs="directory", full_html=True))
 
 
+# The report fits the page at any width: a table wider than the page (the leaderboard has a
+# column per param) scrolls sideways inside its own box, with its first column (the trial
+# number, or the key) kept in view; column names wrap after their dots and underscores, and
+# long words in headings and text wrap.
+REPORT_CSS = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
+    "h1,h2,p{overflow-wrap:anywhere}"
+    "code{background:#f4f4f4;padding:2px 4px}"
+    ".signtune-table{max-width:100%;overflow-x:auto;margin-bottom:1em}"
+    "table{border-collapse:separate;border-spacing:0;border-top:1px solid #ccc;border-left:1px solid #ccc}"
+    "td,th{border-right:1px solid #ccc;border-bottom:1px solid #ccc;padding:3px 8px;text-align:right;"
+    "white-space:nowrap;background:#fff}"
+    "th{background:#f4f4f4}thead th{white-space:normal;vertical-align:bottom}"
+    "tbody tr:nth-child(even) td{background:#f9f9f9}"
+    "tr>:first-child{position:sticky;left:0;z-index:1}"
+)
+
+
 def report_html(study: optuna.Study, spec: StudySpec, figures: dict[str, Any] | None = None) -> str:
     """The single-file study report: summary, leaderboard, best config, plots, failures, data.
 
@@ -204,9 +222,7 @@ def report_html(study: optuna.Study, spec: StudySpec, figures: dict[str, Any] | 
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>signtune report: {esc(study.study_name)}</title>",
-        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-        "th{background:#f4f4f4}code{background:#f4f4f4;padding:2px 4px}</style></head><body>",
+        f"<style>{REPORT_CSS}</style></head><body>",
         f"<h1>Study <code>{esc(study.study_name)}</code></h1>",
         f"<p>task <b>{esc(spec.task)}</b>, objective <b>{esc(spec.objective.metric)}</b> "
         f"({esc(spec.objective.direction)}), storage <code>{esc(mask_url(spec.storage))}</code>, "
@@ -238,24 +254,47 @@ def report_html(study: optuna.Study, spec: StudySpec, figures: dict[str, Any] | 
     return "\n".join(parts)
 
 
-def _kv_table(d: dict[str, Any]) -> str:
-    rows = "".join(
-        f"<tr><th>{html.escape(mask_url(str(k)))}</th><td>{html.escape(mask_url(str(v)))}</td></tr>"
-        for k, v in d.items()
+def _table(rows: list[list[Any]], head: list[str] | None = None, *, key_column: bool = False) -> str:
+    """An HTML table in a box that scrolls sideways when the table is wider than the page.
+
+    Column names may break after their dots and underscores; with ``key_column`` each
+    row's first cell is a ``<th>``.
+    """
+
+    def cell(value: Any, tag: str = "td") -> str:
+        return f"<{tag}>{html.escape(mask_url(str(value)))}</{tag}>"
+
+    thead = ""
+    if head:
+        names = "".join(f"<th>{_breakable(html.escape(n))}</th>" for n in head)
+        thead = f"<thead><tr>{names}</tr></thead>"
+    body = "".join(
+        "<tr>" + (cell(r[0], "th") if key_column else cell(r[0])) + "".join(cell(c) for c in r[1:]) + "</tr>"
+        for r in rows
     )
-    return f"<table>{rows}</table>"
+    return f"<div class='signtune-table'><table>{thead}<tbody>{body}</tbody></table></div>"
+
+
+def _breakable(name: str) -> str:
+    """``name`` with a line-break opportunity after each ``.`` and ``_``."""
+    return name.replace(".", ".<wbr>").replace("_", "_<wbr>")
+
+
+def _kv_table(d: dict[str, Any]) -> str:
+    return _table([[k, v] for k, v in d.items()], key_column=True)
 
 
 def _leaderboard(study: optuna.Study, spec: StudySpec, top: int = 15) -> str:
-    done = ranked_trials(study, spec.objective.direction)
-    names = sorted({k for t in done[:top] for k in t.params})
-    head = "".join(f"<th>{html.escape(n)}</th>" for n in ["#", spec.objective.metric, "epochs", "time (s)", *names])
-    rows = []
-    for t in done[:top]:
-        cells = [t.number, f"{t.value:.3f}", t.user_attrs.get("epochs_run", ""), t.user_attrs.get("wall_time_s", "")]
-        cells += [_fmt(t.params.get(n, "")) for n in names]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(mask_url(str(c)))}</td>" for c in cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>" if rows else "<p>No complete trial yet.</p>"
+    done = ranked_trials(study, spec.objective.direction)[:top]
+    if not done:
+        return "<p>No complete trial yet.</p>"
+    names = sorted({k for t in done for k in t.params})
+    rows = [
+        [t.number, f"{t.value:.3f}", t.user_attrs.get("epochs_run", ""), _fmt(t.user_attrs.get("wall_time_s", ""))]
+        + [_fmt(t.params.get(n, "")) for n in names]
+        for t in done
+    ]
+    return _table(rows, ["#", spec.objective.metric, "epochs", "time (s)", *names])
 
 
 def _reasons(trials: list[FrozenTrial]) -> str:
@@ -266,11 +305,8 @@ def _reasons(trials: list[FrozenTrial]) -> str:
             tally[key] = tally.get(key, 0) + 1
     if not tally:
         return "<p>None.</p>"
-    rows = "".join(
-        f"<tr><td>{html.escape(state)}</td><td>{html.escape(reason)}</td><td>{n}</td></tr>"
-        for (state, reason), n in sorted(tally.items())
-    )
-    return f"<table><tr><th>state</th><th>reason</th><th>trials</th></tr>{rows}</table>"
+    rows = [[state, reason, n] for (state, reason), n in sorted(tally.items())]
+    return _table(rows, ["state", "reason", "trials"])
 
 
 def _fmt(v: Any) -> str:
