@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import optuna
 import pytest
 
 from signtune.errors import StudyError
-from signtune.export import PLOTS, export_study
+from signtune.export import PLOTLY_JS, PLOTS, export_study
 from signtune.spec import load_spec, parse_sets
 
 
@@ -66,8 +67,32 @@ def test_export_writes_every_file(study_dir: Path) -> None:
         page = (out / f"{name}.html").read_text()
         assert "plotly" in page.lower() and "signtune-unavailable" not in page, name
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["best_params.json", "trials.csv", "report.html", *(f"{name}.html" for name in PLOTS)]
+        ["best_params.json", "trials.csv", "report.html", PLOTLY_JS, *(f"{name}.html" for name in PLOTS)]
     )
+
+
+PLOTLY_BANNER = "* plotly.js v"  # the licence header at the top of plotly.js
+
+
+def test_plotly_js_is_written_once_per_export(study_dir: Path) -> None:
+    """The plot pages share one plotly.min.js beside them; only report.html inlines it (once).
+
+    Before, each of the four plot pages and the report inlined plotly.js: five files of ~4.8 MB,
+    24 MB per export.
+    """
+    spec = load_spec("demo")
+    out = export_study(_study(12), spec)
+    sizes = {f.name: f.stat().st_size for f in out.iterdir()}
+    texts = {name: (out / name).read_text(encoding="utf-8") for name in sizes if name != "trials.csv"}
+    assert sorted(name for name, text in texts.items() if PLOTLY_BANNER in text) == [PLOTLY_JS, "report.html"]
+    assert texts[PLOTLY_JS].count(PLOTLY_BANNER) == 1 and sizes[PLOTLY_JS] > 3_000_000
+    for name in PLOTS:
+        page = texts[f"{name}.html"]
+        scripts = re.findall(r"<script[^>]*\bsrc=[\"']?([^\"' >]+)", page)
+        assert scripts == [PLOTLY_JS], (name, scripts)  # relative to the page: no CDN, works offline
+        assert "Plotly.newPlot(" in page, name
+        assert sizes[f"{name}.html"] < 200_000, (name, sizes[f"{name}.html"])
+    assert sum(sizes.values()) < 11_000_000, sizes  # plotly.js twice (folder copy + report), not five times
 
 
 def test_export_with_no_complete_trial_says_so(study_dir: Path) -> None:
@@ -137,6 +162,11 @@ def test_report_is_one_self_contained_file(study_dir: Path) -> None:
     assert "diverged" in page  # pruning reasons are tallied
     assert "train" in page and "900" in page  # the data summary
     assert page.count("plotly-graph-div") >= 4
+    # Every table sits in a box that scrolls sideways, so a wide leaderboard does not widen the page
+    # (tests/browse/test_export_pages.py measures it in Chromium).
+    assert page.count("<table") == page.count("<div class='signtune-table'><table>") >= 4
+    assert ".signtune-table{max-width:100%;overflow-x:auto" in page
+    assert "<th>model.<wbr>dropout</th>" in page  # long column names may wrap
     assert "hunter2" not in page and "bob:***@" in page
     best = (out / "best_params.json").read_text()
     assert "hunter2" not in best and "bob:***@" in best

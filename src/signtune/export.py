@@ -1,4 +1,8 @@
-"""Study exports: ``best_params.json``, ``trials.csv`` and self-contained HTML plots.
+"""Study exports: ``best_params.json``, ``trials.csv``, HTML plots and ``report.html``.
+
+plotly.js (~4.8 MB) is written once per export, as ``plotly.min.js`` beside the plot pages
+that load it; ``report.html`` is the one file to mail, with plotly.js inlined once. Nothing
+loads from the network, so every page renders offline.
 
 Files are written into a temporary sibling folder and swapped in at the end, so a failed
 export (disk full, Ctrl-C) leaves the previous export intact and the study untouched.
@@ -25,6 +29,7 @@ from signtune.storage import mask_url
 from signtune.study import ranked_trials
 
 PLOTS = ("param_importances", "optimization_history", "parallel_coordinate", "intermediate_values")
+PLOTLY_JS = "plotly.min.js"  # the plot pages' shared copy of plotly.js, beside them
 
 
 def export_study(study: optuna.Study, spec: StudySpec, out_dir: Path | None = None) -> Path:
@@ -41,6 +46,10 @@ def export_study(study: optuna.Study, spec: StudySpec, out_dir: Path | None = No
         figures = {name: _figure(study, name) for name in PLOTS}
         for name, fig in figures.items():
             (tmp / f"{name}.html").write_text(_page(study, name, fig), encoding="utf-8")
+        if any(not isinstance(fig, str) for fig in figures.values()):
+            from plotly.offline import get_plotlyjs
+
+            (tmp / PLOTLY_JS).write_text(get_plotlyjs(), encoding="utf-8")
         (tmp / "report.html").write_text(report_html(study, spec, figures), encoding="utf-8")
         commit_dir(tmp, out)
     except OSError as exc:
@@ -171,10 +180,30 @@ def _unavailable(name: str, why: str) -> str:
 
 
 def _page(study: optuna.Study, name: str, fig: Any) -> str:
-    """One self-contained HTML plot (plotly.js inlined), or a page that says why it is empty."""
+    """One HTML plot that loads ``plotly.min.js`` from its own folder, or a page that says why it is empty."""
     if isinstance(fig, str):
         return f"<!doctype html><meta charset='utf-8'><title>{name}</title>" + _unavailable(name, fig)
-    return str(fig.to_html(include_plotlyjs=True, full_html=True))
+    # "directory" writes <script src="plotly.min.js">: a relative path, so it works offline
+    # wherever the folder is copied; export_study writes that file once.
+    return str(fig.to_html(include_plotlyjs="directory", full_html=True))
+
+
+# The report fits the page at any width: a table wider than the page (the leaderboard has a
+# column per param) scrolls sideways inside its own box, with its first column (the trial
+# number, or the key) kept in view; column names wrap after their dots and underscores, and
+# long words in headings and text wrap.
+REPORT_CSS = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
+    "h1,h2,p{overflow-wrap:anywhere}"
+    "code{background:#f4f4f4;padding:2px 4px}"
+    ".signtune-table{max-width:100%;overflow-x:auto;margin-bottom:1em}"
+    "table{border-collapse:separate;border-spacing:0;border-top:1px solid #ccc;border-left:1px solid #ccc}"
+    "td,th{border-right:1px solid #ccc;border-bottom:1px solid #ccc;padding:3px 8px;text-align:right;"
+    "white-space:nowrap;background:#fff}"
+    "th{background:#f4f4f4}thead th{white-space:normal;vertical-align:bottom}"
+    "tbody tr:nth-child(even) td{background:#f9f9f9}"
+    "tr>:first-child{position:sticky;left:0;z-index:1}"
+)
 
 
 def report_html(study: optuna.Study, spec: StudySpec, figures: dict[str, Any] | None = None) -> str:
@@ -193,9 +222,7 @@ def report_html(study: optuna.Study, spec: StudySpec, figures: dict[str, Any] | 
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>signtune report: {esc(study.study_name)}</title>",
-        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-        "th{background:#f4f4f4}code{background:#f4f4f4;padding:2px 4px}</style></head><body>",
+        f"<style>{REPORT_CSS}</style></head><body>",
         f"<h1>Study <code>{esc(study.study_name)}</code></h1>",
         f"<p>task <b>{esc(spec.task)}</b>, objective <b>{esc(spec.objective.metric)}</b> "
         f"({esc(spec.objective.direction)}), storage <code>{esc(mask_url(spec.storage))}</code>, "
@@ -227,24 +254,47 @@ def report_html(study: optuna.Study, spec: StudySpec, figures: dict[str, Any] | 
     return "\n".join(parts)
 
 
-def _kv_table(d: dict[str, Any]) -> str:
-    rows = "".join(
-        f"<tr><th>{html.escape(mask_url(str(k)))}</th><td>{html.escape(mask_url(str(v)))}</td></tr>"
-        for k, v in d.items()
+def _table(rows: list[list[Any]], head: list[str] | None = None, *, key_column: bool = False) -> str:
+    """An HTML table in a box that scrolls sideways when the table is wider than the page.
+
+    Column names may break after their dots and underscores; with ``key_column`` each
+    row's first cell is a ``<th>``.
+    """
+
+    def cell(value: Any, tag: str = "td") -> str:
+        return f"<{tag}>{html.escape(mask_url(str(value)))}</{tag}>"
+
+    thead = ""
+    if head:
+        names = "".join(f"<th>{_breakable(html.escape(n))}</th>" for n in head)
+        thead = f"<thead><tr>{names}</tr></thead>"
+    body = "".join(
+        "<tr>" + (cell(r[0], "th") if key_column else cell(r[0])) + "".join(cell(c) for c in r[1:]) + "</tr>"
+        for r in rows
     )
-    return f"<table>{rows}</table>"
+    return f"<div class='signtune-table'><table>{thead}<tbody>{body}</tbody></table></div>"
+
+
+def _breakable(name: str) -> str:
+    """``name`` with a line-break opportunity after each ``.`` and ``_``."""
+    return name.replace(".", ".<wbr>").replace("_", "_<wbr>")
+
+
+def _kv_table(d: dict[str, Any]) -> str:
+    return _table([[k, v] for k, v in d.items()], key_column=True)
 
 
 def _leaderboard(study: optuna.Study, spec: StudySpec, top: int = 15) -> str:
-    done = ranked_trials(study, spec.objective.direction)
-    names = sorted({k for t in done[:top] for k in t.params})
-    head = "".join(f"<th>{html.escape(n)}</th>" for n in ["#", spec.objective.metric, "epochs", "time (s)", *names])
-    rows = []
-    for t in done[:top]:
-        cells = [t.number, f"{t.value:.3f}", t.user_attrs.get("epochs_run", ""), t.user_attrs.get("wall_time_s", "")]
-        cells += [_fmt(t.params.get(n, "")) for n in names]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(mask_url(str(c)))}</td>" for c in cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>" if rows else "<p>No complete trial yet.</p>"
+    done = ranked_trials(study, spec.objective.direction)[:top]
+    if not done:
+        return "<p>No complete trial yet.</p>"
+    names = sorted({k for t in done for k in t.params})
+    rows = [
+        [t.number, f"{t.value:.3f}", t.user_attrs.get("epochs_run", ""), _fmt(t.user_attrs.get("wall_time_s", ""))]
+        + [_fmt(t.params.get(n, "")) for n in names]
+        for t in done
+    ]
+    return _table(rows, ["#", spec.objective.metric, "epochs", "time (s)", *names])
 
 
 def _reasons(trials: list[FrozenTrial]) -> str:
@@ -255,11 +305,8 @@ def _reasons(trials: list[FrozenTrial]) -> str:
             tally[key] = tally.get(key, 0) + 1
     if not tally:
         return "<p>None.</p>"
-    rows = "".join(
-        f"<tr><td>{html.escape(state)}</td><td>{html.escape(reason)}</td><td>{n}</td></tr>"
-        for (state, reason), n in sorted(tally.items())
-    )
-    return f"<table><tr><th>state</th><th>reason</th><th>trials</th></tr>{rows}</table>"
+    rows = [[state, reason, n] for (state, reason), n in sorted(tally.items())]
+    return _table(rows, ["state", "reason", "trials"])
 
 
 def _fmt(v: Any) -> str:
