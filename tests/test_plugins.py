@@ -163,3 +163,41 @@ def test_plugin_without_checkpoints_gets_a_clear_promote_error(fast_project: Pat
     assert "Traceback" not in res.stderr
     assert "saved no checkpoint" in res.stderr and "ctx.checkpoint(epoch" in res.stderr
     assert "README: Plug-in tasks" in " ".join(res.stderr.split())  # the README section's real name
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_plugin_beside_its_study_needs_no_pythonpath(tmp_path: Path) -> None:
+    """`task: fastplug:objective` with fastplug.py next to study.yaml: run in-process and in
+    spawned workers, with only signtune itself importable."""
+    from tests.runner.conftest import PLUGIN, fast_spec
+
+    folder = tmp_path / "elsewhere" / "mystudy"
+    folder.mkdir(parents=True)
+    (folder / "fastplug.py").write_text(PLUGIN)
+    (folder / "space.yaml").write_text("params:\n  x: {type: float, low: 0.0, high: 1.0}\n")
+    spec = fast_spec(trials=4, storage=f"sqlite:///{folder / 'study.db'}").replace(
+        "../../search_spaces/fast.yaml", "space.yaml"
+    )
+    (folder / "study.yaml").write_text(spec)
+    src = Path(__import__("signtune").__file__).resolve().parents[1]
+    for workers in ("1", "2"):
+        res = run(
+            "run",
+            "--study",
+            str(folder / "study.yaml"),
+            "--workers",
+            workers,
+            "--trials",
+            str(2 * int(workers)),
+            cwd=tmp_path,
+            pythonpath=src,
+        )
+        assert res.returncode == 0, res.stderr
+    study = optuna.load_study(study_name="fast", storage=f"sqlite:///{folder / 'study.db'}")
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    missing = run("validate", str(folder / "nothing.yaml"), cwd=tmp_path, pythonpath=src)
+    assert missing.returncode == 2
+    (folder / "fastplug.py").unlink()
+    broken = run("validate", str(folder / "study.yaml"), cwd=tmp_path, pythonpath=src)
+    assert broken.returncode == 2 and "beside" in broken.stderr and "study.yaml" in broken.stderr, broken.stderr

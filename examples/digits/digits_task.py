@@ -2,7 +2,7 @@
 
 Run it (from the repository root):
 
-    PYTHONPATH=examples/digits study run --study examples/digits/study.yaml --workers 2
+    study run --study examples/digits/study.yaml --workers 2
 
 The "backbone" is an MLP of 3 blocks, pre-trained by this module on a related task (telling
 digits 0-4 apart), cached per process. Each trial fine-tunes it on all ten digits with the

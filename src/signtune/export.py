@@ -99,7 +99,7 @@ def best_params_doc(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
     best = study.best_trial
     from signtune.tasks import get_task
 
-    fixed = get_task(spec.task).fixed_config(spec)
+    fixed = get_task(spec.task, study_dir=spec.dir).fixed_config(spec)
     doc.update(
         value=best.value,
         trial=best.number,

@@ -61,7 +61,7 @@ def load_def(study: str | None, overrides: dict[str, Any]) -> StudyDef:
     from signtune.tasks import get_task
 
     spec = load_spec(study, overrides)
-    task = get_task(spec.task, where=f"{spec.path}: task")
+    task = get_task(spec.task, where=f"{spec.path}: task", study_dir=spec.dir)
     space = parse(spec.search_space, known_keys=task.config_keys())
     problems: list[Problem] = []
     for i, params in enumerate(spec.enqueue):

@@ -14,7 +14,8 @@ together so the one contract promote-best drives is in one place.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -362,8 +363,13 @@ class PluginTask:
 BUILTIN: dict[str, Callable[[], Task]] = {"sign2text": Sign2TextTask}
 
 
-def load_plugin(ref: str, *, where: str = "task") -> PluginTask:
-    """Import ``package.module:function``; every failure names the reference and the fix."""
+def load_plugin(ref: str, *, where: str = "task", study_dir: Path | None = None) -> PluginTask:
+    """Import ``package.module:function``; every failure names the reference and the fix.
+
+    The study's own folder (``study_dir``, the one holding its study.yaml) comes first on the
+    import path while the plug-in is imported, and only then: a ``mytask.py`` beside the
+    study.yaml that names ``mytask:objective`` needs no ``PYTHONPATH``.
+    """
     import importlib
 
     module_name, sep, attr = ref.partition(":")
@@ -374,13 +380,15 @@ def load_plugin(ref: str, *, where: str = "task") -> PluginTask:
             )
         )
     try:
-        module = importlib.import_module(module_name)
+        with _first_on_path(study_dir):
+            module = importlib.import_module(module_name)
     except ImportError as exc:
+        beside = f"put {module_name.replace('.', '/')}.py beside {study_dir / 'study.yaml'}, " if study_dir else ""
         raise ConfigError(
             Problem(
                 where,
                 f"cannot import module {module_name!r} of task {ref!r} ({exc})",
-                "install the package or add its folder to PYTHONPATH",
+                f"{beside}install the package, or add its folder to PYTHONPATH",
             )
         ) from None
     except Exception as exc:  # the plug-in's own import-time error
@@ -399,9 +407,27 @@ def load_plugin(ref: str, *, where: str = "task") -> PluginTask:
     return PluginTask(ref, fn)
 
 
-def get_task(name: str, *, where: str = "task") -> Task:
-    """A built-in task by name, or a plug-in ``package.module:function``."""
+def get_task(name: str, *, where: str = "task", study_dir: Path | None = None) -> Task:
+    """A built-in task by name, or a plug-in ``package.module:function`` (looked up in the
+    study's folder first, see ``load_plugin``)."""
     factory = BUILTIN.get(name)
     if factory is not None:
         return factory()
-    return load_plugin(name, where=where)
+    return load_plugin(name, where=where, study_dir=study_dir)
+
+
+@contextlib.contextmanager
+def _first_on_path(folder: Path | None) -> Iterator[None]:
+    """``folder`` at the front of ``sys.path`` for the duration (unless it is there already)."""
+    import sys
+
+    entry = str(folder.resolve()) if folder is not None else None
+    if entry is None or entry in sys.path:
+        yield
+        return
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(entry)

@@ -160,7 +160,7 @@ def _worker_main(
         warnings.filterwarnings("ignore")
         from signtune.space import parse
 
-        task = get_task(spec.task)
+        task = get_task(spec.task, study_dir=spec.dir)
         space = parse(spec.search_space, known_keys=task.config_keys())
         interrupts.checkpoint()
         with interrupts.interruptible():  # reads the data; writes only through renamed temp files
