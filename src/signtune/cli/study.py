@@ -48,12 +48,25 @@ def run(
     workers: Annotated[int, typer.Option(help="Local worker processes (CPU); each gets a share of the cores.")] = 1,
     gpus: Annotated[str | None, typer.Option(help="GPUs to use: 'all' or a list like 0,1,3.")] = None,
     workers_per_gpu: Annotated[int, typer.Option("--workers-per-gpu", help="Workers sharing each GPU.")] = 1,
+    quiet_: Annotated[bool, typer.Option("--quiet", "-q", help="No progress: errors and the final line only.")] = False,
+    json_lines: Annotated[
+        bool, typer.Option("--json-lines", help="One JSON object per event on stdout (start, trial, heartbeat, end).")
+    ] = False,
+    heartbeat_every: Annotated[
+        float,
+        typer.Option(
+            "--heartbeat-every", help="Seconds between 'still running' lines when not in a terminal (0: none)."
+        ),
+    ] = 120.0,
 ) -> None:
-    """Run (or resume) a study until it has --trials finished trials."""
+    """Run (or resume) a study until it has --trials finished trials.
+
+    In a terminal it draws a progress bar; redirected to a file (nohup, a cluster job) it prints
+    one line per finished trial and a heartbeat line every --heartbeat-every seconds.
+    """
     import time
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from signtune.cli.progress import Reporter, choose_mode
     from signtune.runner import RunEvents, parse_gpus, run_study
     from signtune.storage import mask_url
 
@@ -94,37 +107,18 @@ def run(
         if data.get("train") is not None
         else f"subset {spec.budget.subset}, epochs {spec.epochs}, "
     )
-    err.print(
-        f"[bold]{spec.name}[/]: {spec.task}, storage {mask_url(spec.storage)}, {clips}"
-        f"data ready in {time.perf_counter() - t0:.1f}s",
-        highlight=False,
-    )
-    metric = spec.objective.metric
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("best {task.fields[best]}"),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=err,
-        transient=False,
-    )
-    bar = progress.add_task(spec.name, total=spec.budget.trials, best="-", status="")
-
-    def on_start(finished: int, total: int) -> None:
-        progress.update(bar, completed=finished)
-
-    def on_epoch(number: int, epoch: int, metrics: dict[str, float]) -> None:
-        progress.update(
-            bar,
-            status=f"trial {number} epoch {epoch}/{spec.epochs}: {metric} {metrics.get(metric, float('nan')):.2f}",
+    mode = choose_mode(quiet=quiet_, json_lines=json_lines, terminal=err.is_terminal)
+    if mode in ("bar", "lines"):
+        err.print(
+            f"[bold]{spec.name}[/]: {spec.task}, storage {mask_url(spec.storage)}, {clips}"
+            f"data ready in {time.perf_counter() - t0:.1f}s",
+            highlight=False,
         )
-
-    def on_progress(finished: int, best: float | None, status: str) -> None:
-        progress.update(bar, completed=finished, best=f"{best:.2f}" if best is not None else "-", status=status)
-
-    with progress:
+    reporter = Reporter(
+        mode, out=out, err=err, metric=spec.objective.metric, epochs=spec.epochs, heartbeat_s=heartbeat_every
+    )
+    reporter.start(spec.name, 0, spec.budget.trials)
+    try:
         summary = run_study(
             spec,
             space,
@@ -132,9 +126,20 @@ def run(
             workers=workers,
             gpus=gpu_list,
             workers_per_gpu=workers_per_gpu,
-            events=RunEvents(on_start, on_progress, on_epoch),
+            events=RunEvents(reporter.on_start, reporter.on_progress, reporter.on_epoch, reporter.on_trial),
             data_summary=data,
         )
+    finally:
+        reporter.close()
+    reporter.end(summary)
+    if mode == "json":
+        return
+    if mode == "quiet":
+        out.print(
+            f"{spec.name}: {summary.finished}/{summary.total} finished, best {summary.best_value} "
+            f"(trial {summary.best_trial}), ran {summary.started} trial(s) in {summary.wall_time_s:.1f}s"
+        )
+        return
     if summary.started == 0:
         out.print(
             f"Study [bold]{spec.name}[/] already has {summary.finished}/{summary.total} finished trials; "

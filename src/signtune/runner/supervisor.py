@@ -45,6 +45,7 @@ from signtune.tasks import Task
 from signtune.tracking import MetricLogger, make_tracker
 
 POLL_S = 0.5
+ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 @dataclass
@@ -54,6 +55,8 @@ class RunEvents:
     on_start: Callable[[int, int], None] | None = None  # (finished, total)
     on_progress: Callable[[int, float | None, str], None] | None = None  # (finished, best, status)
     on_epoch: EpochCallback | None = None  # in-process worker only
+    # (trial, best value, best trial) for each trial that ends (complete, pruned or failed)
+    on_trial: Callable[[FrozenTrial, float | None, int | None], None] | None = None
 
 
 @dataclass
@@ -201,9 +204,11 @@ def _run_in_process(
     objective = Objective(spec, space, task, tracker, on_epoch=events.on_epoch)
 
     def on_trial_end(trial: FrozenTrial) -> None:
+        best, best_trial = best_of(study)
         if events.on_progress:
-            best, _ = best_of(study)
             events.on_progress(count_finished(study), best, "")
+        if events.on_trial:
+            events.on_trial(trial, best, best_trial)
 
     stats = worker_loop(
         study, objective, SharedBudget(spec.budget.trials, claimed), deadline=deadline, on_trial_end=on_trial_end
@@ -241,6 +246,8 @@ def _supervise(
         envs[slot] = plan[slot]
 
     dead_pids: set[int] = set()
+    # trials that ended before this run, or whose end the events have told
+    reported = {t.number for t in study.get_trials(deepcopy=False, states=ENDED)}
     max_restarts = 3 * len(plan)
     try:
         for slot in range(len(plan)):
@@ -295,17 +302,21 @@ def _supervise(
                 if claimed.value < spec.budget.trials and (deadline is None or time.time() < deadline):
                     restarts += 1
                     start(slot)
-            if events.on_progress:
+            if events.on_progress or events.on_trial:
                 try:
-                    counts = count_states(study)
-                    best, _ = best_of(study)
+                    trials = study.get_trials(deepcopy=False)
+                    best, best_trial = best_of(study)
                 except Exception:  # storage briefly unreachable (e.g. a server restart): draw later
                     continue
-                events.on_progress(
-                    counts[TrialState.COMPLETE] + counts[TrialState.PRUNED],
-                    best,
-                    f"{len(procs)} workers, {counts[TrialState.RUNNING]} running",
-                )
+                ended = [t for t in trials if t.state in ENDED and t.number not in reported]
+                for t in ended:
+                    reported.add(t.number)
+                    if events.on_trial:
+                        events.on_trial(t, best, best_trial)
+                if events.on_progress:
+                    running = sum(t.state == TrialState.RUNNING for t in trials)
+                    finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+                    events.on_progress(finished, best, f"{len(procs)} workers, {running} running")
     except KeyboardInterrupt:
         _stop_workers(procs)
         # Every local worker has stopped: an unnamed trial a moment old is one they left (killed
