@@ -116,19 +116,21 @@ def data_pack(
     )
     with progress:
         bar = progress.add_task("pack", total=None)
-        info = pack_features(
+        infos = pack_features(
             spec.base.data,
             spec.dir,
             spec.dir / ".cache",
             progress=lambda done, total: progress.update(bar, completed=done, total=total),
             force=force,
         )
-    verb = f"built in {info.seconds:.1f}s ({info.reason})" if info.built else "is current, reused"
-    out.print(
-        f"pack {info.path}: {info.clips} clips, {info.frames} frames of D={info.feature_dim}, "
-        f"{info.bytes / 2**20:.1f} MiB; {verb}",
-        highlight=False,
-    )
+    for info in infos:  # one pack per features folder: several when the splits have their own
+        verb = f"built in {info.seconds:.1f}s ({info.reason})" if info.built else "is current, reused"
+        source = f" (from {_shown(info.features_dir)})" if len(infos) > 1 else ""
+        out.print(
+            f"pack {info.path}{source}: {info.clips} clips, {info.frames} frames of D={info.feature_dim}, "
+            f"{info.bytes / 2**20:.1f} MiB; {verb}",
+            highlight=False,
+        )
 
 
 def _sign2text_spec(study: str | None, command: str) -> Any:
@@ -175,6 +177,16 @@ def check_data_with_progress(spec: Any) -> Any:
 
     with progress:
         return check_data(spec.base.data, spec.dir, progress=on_file)
+
+
+def _shown(path: object, width: int | None = None) -> str:
+    """A path relative to the working folder when it is inside it, cut from the left to ``width``."""
+    text = str(path)
+    if Path(text).is_absolute() and Path(text).resolve().is_relative_to(Path.cwd().resolve()):
+        text = str(Path(text).resolve().relative_to(Path.cwd().resolve()))
+    if width is not None and len(text) > width:
+        text = "…" + text[len(text) - width + 1 :]
+    return text
 
 
 def _print_data_report(report: Any, shown: int = 3) -> bool:

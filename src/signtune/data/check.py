@@ -18,7 +18,8 @@ Errors are what the loader refuses, so ``study run`` stops on them too:
 
 Warnings (``check_stats``): ``id-column`` (a How2Sign manifest keyed on VIDEO_ID/VIDEO_NAME),
 ``length-mismatch``, ``truncated``, ``long-clip``, ``short-clip``, ``long-text``, ``overlap``,
-``cross-split-id``, and ``vocab`` (info unless the out-of-vocabulary rate is high).
+``cross-split-id``, and ``vocab`` (info unless the out-of-vocabulary rate is high). Info:
+``split-folders`` (feature files found in per-split sub-folders, see ``layout``), ``no-test``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,14 @@ from signtune.config import DataConfig
 from signtune.data.check_stats import cross_split_findings, length_findings, words
 from signtune.data.features import candidate_paths, feature_problems, read_feature_array, resolve_feature_path
 from signtune.data.findings import CheckedSplit, DataReport, Finding, SplitSummary, finding
+from signtune.data.layout import (
+    configured_folder,
+    layout_fix,
+    layout_note,
+    missing_hint,
+    per_split,
+    split_folder,
+)
 from signtune.data.manifest import (
     PER_VIDEO_COLUMNS,
     ManifestRow,
@@ -55,7 +65,11 @@ Add = Callable[[Finding], None]
 
 
 def check_data(
-    cfg: DataConfig, base_dir: Path, *, progress: ProgressFn | None = None, workers: int | None = None
+    cfg: DataConfig,
+    base_dir: Path,
+    *,
+    progress: ProgressFn | None = None,
+    workers: int | None = None,
 ) -> DataReport:
     """Check a study's data and return every finding (see the module docstring for the rules).
 
@@ -72,21 +86,26 @@ def check_data(
         fix = "set data.root, or generate the demo data with `study data synth --out DIR`"
         add(Finding("error", "data", "data-root", str(root), "the data folder does not exist", fix))
         return report
-    features_dir = root / cfg.features_dir
-    if not features_dir.is_dir():
+    if not per_split(cfg.features_dir) and not (root / cfg.features_dir).is_dir():
         fix = "set data.features_dir to the folder of .npy/.pt files (relative to data.root)"
-        add(Finding("error", "data", "features-dir", str(features_dir), "the features folder does not exist", fix))
+        where = str(root / cfg.features_dir)
+        add(Finding("error", "data", "features-dir", where, "the features folder does not exist", fix))
     splits: list[CheckedSplit] = []
+    layout = _Layout(root, cfg.features_dir)
     manifests = {"train": cfg.train_manifest, "val": cfg.val_manifest, "test": cfg.test_manifest}
     for name in SPLITS:
         manifest = root / manifests[name]
         if name == "test" and not manifest.exists():
             add(Finding("info", "test", "no-test", str(manifest), "no test manifest; the test split is skipped", ""))
             continue
-        split = _check_split(name, manifest, features_dir, cfg, add, progress, workers)
+        split = _check_split(name, manifest, layout, cfg, add, progress, workers)
         if split is not None:
             splits.append(split)
             report.splits.append(_summary(split))
+    if layout.found:
+        where = str(root / cfg.features_dir)
+        fix = layout_fix(cfg.features_dir)
+        add(Finding("info", "data", "split-folders", where, layout_note(cfg.features_dir, layout.found), fix))
     if splits and splits[0].name == "train":
         for f in cross_split_findings(splits[0], splits[1:]):
             add(f)
@@ -95,10 +114,19 @@ def check_data(
     return report
 
 
+@dataclass
+class _Layout:
+    """The data folder, ``data.features_dir``, and the splits found in per-split sub-folders."""
+
+    root: Path
+    features_dir: str
+    found: list[str] = field(default_factory=list)
+
+
 def _check_split(
     name: str,
     manifest: Path,
-    features_dir: Path,
+    layout: _Layout,
     cfg: DataConfig,
     add: Add,
     progress: ProgressFn | None,
@@ -134,8 +162,18 @@ def _check_split(
         message = f"data.id_column is {cfg.id_column}, which names a whole How2Sign video, not one sentence"
         fix = "key on SENTENCE_NAME (data.id_column: SENTENCE_NAME), with one feature file per sentence"
         add(finding("warning", split, "id-column", scan.rows, message, fix))
-    if features_dir.is_dir():
-        _check_features(split, features_dir, cfg.feature_dim, add, progress, workers)
+    clip_ids = [r.id for r in split.rows]
+    folder, detected = split_folder(layout.root, layout.features_dir, name, clip_ids)
+    hint = "" if detected else missing_hint(layout.root, layout.features_dir, name, clip_ids, layout.found)
+    if detected:
+        layout.found.append(name)
+    if folder.is_dir():
+        _check_features(split, folder, cfg.feature_dim, add, progress, workers, hint)
+    elif per_split(layout.features_dir):
+        message = f"the {name} features folder does not exist (data.features_dir is {layout.features_dir!r})"
+        fix = hint or f"put the {name} feature files there, or set data.features_dir to the folder that holds them"
+        where = str(configured_folder(layout.root, layout.features_dir, name))
+        add(Finding("error", name, "features-dir", where, message, fix))
     id_name, _ = column_names(cfg.format, cfg.id_column, cfg.text_column)
     for f in length_findings(split, max_frames=cfg.max_frames, id_name=id_name):
         add(f)
@@ -168,6 +206,7 @@ def _check_features(
     add: Add,
     progress: ProgressFn | None,
     workers: int | None,
+    hint: str = "",
 ) -> None:
     found: dict[str, list[tuple[ManifestRow, Problem]]] = {}
     located: list[tuple[ManifestRow, Path]] = []
@@ -180,7 +219,7 @@ def _check_features(
         if path is None:
             flat, _, nested, _ = candidate_paths(features_dir, r.id)
             message = f"no feature file for id {r.id!r}; looked for {flat}|.pt and {nested}|.pt"
-            fix = "add the file, delete the row, or set data.features_dir to the folder that holds it"
+            fix = hint or "add the file, delete the row, or set data.features_dir to the folder that holds it"
             found.setdefault("missing-feature", []).append((r, Problem(str(features_dir), message, fix)))
         else:
             located.append((r, path))

@@ -1,0 +1,74 @@
+"""Per-split feature folders through the real commands: data check and data pack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests.data.test_split_folders import per_split
+from tests.reliability.helpers import edit, make_project, study
+
+from signtune.data.synth import generate
+
+DATA = Path("studies/t/data")
+SPEC = Path("studies/t/study.yaml")
+WIDE = {"COLUMNS": "400"}  # table cells wide enough that no message or fix is folded
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "data"
+    generate(out, seed=0, n_train=20, n_val=5, n_test=2, feature_dim=16)
+    return per_split(out)  # features/train/<id>.npy, features/val/, features/test/
+
+
+@pytest.fixture
+def project(tmp_path: Path, synth: Path) -> Path:
+    return make_project(tmp_path, synth)
+
+
+def _set_features_dir(project: Path, value: str) -> None:
+    edit(project / SPEC, "  feature_dim: 16\n", f"  feature_dim: 16\n  features_dir: {value}\n")
+
+
+def test_data_check_finds_split_folders_and_gives_the_setting(project: Path) -> None:
+    res = study("data", "check", "--study", "t", cwd=project, env=WIDE)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "data train: 20 clips, 20 feature files read" in res.stdout
+    assert "0 errors" in res.stdout and "missing-feature" not in res.stdout
+    assert "split-folders" in res.stdout
+    assert "features/train/, features/val/, features/test/ do, and are used" in res.stdout
+    assert "set `features_dir: features/{split}` under data: in study.yaml to say so" in res.stdout
+
+
+def test_placeholder_checks_and_packs_per_split(project: Path) -> None:
+    _set_features_dir(project, "features/{split}")
+    check = study("data", "check", "--study", "t", cwd=project, env=WIDE)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "data val: 5 clips, 5 feature files read" in check.stdout and "split-folders" not in check.stdout
+    pack = study("data", "pack", "--study", "t", cwd=project, env=WIDE)
+    assert pack.returncode == 0, pack.stderr
+    lines = pack.stdout.splitlines()
+    assert len(lines) == 3, pack.stdout
+    for line, (split, n) in zip(lines, (("train", 20), ("val", 5), ("test", 2)), strict=True):
+        assert f"(from studies/t/data/features/{split}): {n} clips" in line and "(no pack yet)" in line
+
+
+def test_an_unknown_placeholder_is_refused_before_anything_is_written(project: Path) -> None:
+    _set_features_dir(project, "features/{splt}")
+    res = study("data", "check", "--study", "t", cwd=project, env=WIDE)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert (
+        "studies/t/study.yaml: data.features_dir: 'features/{splt}' has a placeholder other than {split}, "
+        "the only one there is" in res.stderr
+    )
+    assert "fix: write e.g. `features_dir: features/{split}`" in res.stderr
+    assert not (project / "studies/t/.cache").exists()
+
+
+def test_features_dir_naming_one_split_gets_the_one_line_fix(project: Path) -> None:
+    _set_features_dir(project, "features/train")
+    res = study("data", "check", "--study", "t", "--json", "r.json", cwd=project, env=WIDE)
+    assert res.returncode == 2, res.stdout
+    assert "the val files are in features/val/: set `features_dir: features/{split}`" in res.stdout
+    assert "the test files are in features/test/: set `features_dir: features/{split}`" in res.stdout
