@@ -1,4 +1,4 @@
-"""Per-split feature folders through the real commands: data check and data pack."""
+"""Per-split feature folders through the real commands: data check, data pack, translate."""
 
 from __future__ import annotations
 
@@ -72,3 +72,32 @@ def test_features_dir_naming_one_split_gets_the_one_line_fix(project: Path) -> N
     assert res.returncode == 2, res.stdout
     assert "the val files are in features/val/: set `features_dir: features/{split}`" in res.stdout
     assert "the test files are in features/test/: set `features_dir: features/{split}`" in res.stdout
+
+
+def _promoted(folder: Path) -> Path:
+    """A promoted model folder of an untrained tiny transformer for D = 16 (what it says is not tested)."""
+    from safetensors.torch import save_file
+
+    from signtune.config import TrainConfig, apply_overrides
+    from signtune.data.tokenizer import train_tokenizer
+    from signtune.inference import write_promoted
+    from signtune.models import build_model
+
+    small = {"model.d_model": 16, "model.num_heads": 2, "model.num_encoder_layers": 1}
+    cfg = apply_overrides(TrainConfig(), {**small, "model.num_decoder_layers": 1, "eval.max_len": 4})
+    tok = train_tokenizer(["a boy reads", "the girl paints"], vocab_size=50, lowercase=False)
+    model = build_model(cfg.model, feature_dim=16, vocab_size=tok.vocab_size)
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    write_promoted(folder, cfg, feature_dim=16, vocab_size=tok.vocab_size, tokenizer=tok, architecture=None)
+    return folder
+
+
+def test_translate_finds_the_test_folder_beside_its_manifest(project: Path) -> None:
+    model = _promoted(project / "promoted")
+    manifest = project / DATA / "how2sign_realigned_test.csv"
+    res = study("translate", "--model", str(model), "--manifest", str(manifest), "--beam", "1", cwd=project)
+    assert res.returncode == 0, res.stderr
+    assert f"features: reading {project / DATA / 'features' / 'test'}" in res.stderr
+    ids = [line.split("\t")[3] for line in manifest.read_text().splitlines()[1:]]
+    assert [line.split("\t")[0] for line in res.stdout.splitlines()] == ["id", *ids]

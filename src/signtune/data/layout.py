@@ -76,6 +76,20 @@ def split_folder(root: Path, features_dir: str, split: str, ids: Sequence[str]) 
     return folder, False
 
 
+def manifest_folder(features_dir: Path, manifest: Path, ids: Sequence[str]) -> tuple[Path, bool]:
+    """The folder a lone manifest's clips are read from (``study translate --manifest``), and
+    whether it was found: ``features_dir``, or, when that holds none of the first ids, its
+    sub-folder named after a split that holds one (the split the manifest's name names first)."""
+    features_dir = Path(features_dir)
+    if not ids or holds_any(features_dir, ids):
+        return features_dir, False
+    stem = Path(manifest).stem.lower()
+    for split in sorted(SPLITS, key=lambda s: s not in stem):
+        if holds_any(features_dir / split, ids):
+            return features_dir / split, True
+    return features_dir, False
+
+
 def layout_note(features_dir: str, found: Sequence[str]) -> str:
     """What to say when ``found`` splits were read from sub-folders of ``data.features_dir``."""
     base = features_dir.rstrip("/")
