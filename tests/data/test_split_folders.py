@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from signtune.config import DataConfig
 from signtune.data import dataset, layout
@@ -159,3 +160,40 @@ def test_features_dir_placeholders(value: str) -> None:
     assert problem is not None and "{split}" in problem[1] and repr(value) in problem[0]
     assert layout.features_dir_problem("features/{split}") is None
     assert layout.features_dir_problem("feats_{split}/x") is None
+
+
+@pytest.mark.parametrize("features_dir", ["features", "features/{split}"])
+def test_pt_dicts_with_video_id_and_text_and_an_id_duration_text_tsv(tmp_path: Path, features_dir: str) -> None:
+    """Two habits of the scripts signtune replaces: .pt files holding {'features', 'video_id',
+    'text'}, and an ``id / duration / text`` TSV read with ``format: tsv``; in one folder or per split."""
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 3)):
+        folder = root / features_dir.replace("{split}", split)
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = ["id\tduration\ttext\n"]
+        for i in range(n):
+            clip_id, text = f"{split}_{i:02d}", f"sentence {split} number {i} ."
+            arr = rng.standard_normal((10 + i, 16)).astype(np.float32)
+            torch.save(
+                {"features": torch.from_numpy(arr), "video_id": f"video{i}", "text": text},
+                folder / f"{clip_id}.pt",
+            )
+            rows.append(f"{clip_id}\t{1.25 + i}\t{text}\n")
+        (root / f"{split}.tsv").write_text("".join(rows))
+    cfg = _cfg(
+        root,
+        format="tsv",
+        id_column="id",
+        text_column="text",
+        train_manifest="train.tsv",
+        val_manifest="val.tsv",
+        test_manifest="test.tsv",
+        features_dir=features_dir,
+    )
+    report = check_data(cfg, tmp_path)
+    assert report.errors == [] and [s.clips for s in report.splits] == [6, 3]
+    data = load_task_data(cfg, tmp_path, cache_dir=tmp_path / "c")
+    assert data.val.ids == ["val_00", "val_01", "val_02"] and data.val.texts[2] == "sentence val number 2 ."
+    assert [f.shape for f in data.val.features] == [(10, 16), (11, 16), (12, 16)]
+    assert data.test is None

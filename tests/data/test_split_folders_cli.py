@@ -101,3 +101,30 @@ def test_translate_finds_the_test_folder_beside_its_manifest(project: Path) -> N
     assert f"features: reading {project / DATA / 'features' / 'test'}" in res.stderr
     ids = [line.split("\t")[3] for line in manifest.read_text().splitlines()[1:]]
     assert [line.split("\t")[0] for line in res.stdout.splitlines()] == ["id", *ids]
+
+
+def test_pt_dicts_and_an_id_duration_text_tsv_per_split(tmp_path: Path) -> None:
+    """The old scripts' habits: ``{'features', 'video_id', 'text'}`` .pt files and ``id / duration / text`` TSVs."""
+    import numpy as np
+    import torch
+
+    project = make_project(tmp_path, None)
+    rng = np.random.default_rng(0)
+    words = ["the", "boy", "reads", "a", "book", "girl", "paints", "chair"]
+    for split, n in (("train", 8), ("val", 3), ("test", 2)):
+        folder = project / DATA / "features" / split
+        folder.mkdir(parents=True)
+        rows = ["id\tduration\ttext\n"]
+        for i in range(n):
+            clip_id, text = f"{split}_{i:03d}", " ".join(words[(i + k) % 8] for k in range(5)) + "."
+            arr = torch.from_numpy(rng.standard_normal((40 + i, 16)).astype(np.float32))
+            torch.save({"features": arr, "video_id": f"v{i // 2}", "text": text}, folder / f"{clip_id}.pt")
+            rows.append(f"{clip_id}\t{1.5 + i / 10:.2f}\t{text}\n")
+        (project / DATA / f"{split}.tsv").write_text("".join(rows))
+    data_keys = ["format: tsv", "id_column: id", "text_column: text", "features_dir: features/{split}"]
+    data_keys += [f"{split}_manifest: {split}.tsv" for split in ("train", "val", "test")]
+    edit(project / SPEC, "  feature_dim: 16\n", "  feature_dim: 16\n" + "".join(f"  {k}\n" for k in data_keys))
+    check = study("data", "check", "--study", "t", cwd=project, env=WIDE)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "0 errors" in check.stdout
+    assert "data train: 8 clips, 8 feature files read" in check.stdout and "data test: 2 clips, 2" in check.stdout
