@@ -176,7 +176,31 @@ def check_data_with_progress(spec: Any) -> Any:
         progress.update(bars[split], completed=done)
 
     with progress:
-        return check_data(spec.base.data, spec.dir, progress=on_file)
+        return check_data(
+            spec.base.data, spec.dir, progress=on_file, max_len=_decode_limit(spec), cache_dir=spec.dir / ".cache"
+        )
+
+
+def _decode_limit(spec: Any) -> Any:
+    """``eval.max_len`` as the study's trials decode with it: the smallest value the search space
+    can give it, else the spec's fixed value, else the trainer default."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from signtune.data.check_stats import DecodeLimit
+    from signtune.errors import SigntuneError
+    from signtune.space import parse
+
+    try:
+        dist = parse(spec.search_space).distributions().get("eval.max_len")
+    except SigntuneError:  # `study validate` reports a bad search space; the data check goes on
+        dist = None
+    if isinstance(dist, IntDistribution | FloatDistribution):
+        return DecodeLimit(int(dist.low), "searched")
+    if isinstance(dist, CategoricalDistribution):
+        numbers = [int(c) for c in dist.choices if isinstance(c, int | float) and not isinstance(c, bool)]
+        if numbers:
+            return DecodeLimit(min(numbers), "searched")
+    return DecodeLimit(spec.base.eval.max_len, "fixed" if "eval.max_len" in spec.fixed else "default")
 
 
 NARROW = 120  # below this many columns, findings are blocks instead of a table

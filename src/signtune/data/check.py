@@ -14,12 +14,15 @@ Errors are what the loader refuses, so ``study run`` stops on them too:
 - ``duplicate-id``; ``shared-id``: many different sentences share ids (one explicit finding:
   the manifest is keyed on a per-video column, e.g. VIDEO_NAME instead of SENTENCE_NAME);
 - ``unsafe-id``, ``missing-feature``, ``unreadable-feature`` (pickled objects included),
-  ``ndim``, ``feature-dim`` (one finding per D found), ``empty-clip`` (0 frames), ``non-finite``.
+  ``ndim``, ``feature-dim`` (one finding per D found), ``empty-clip`` (0 frames), ``non-finite``;
+- ``tokenizer``: the study's tokenizer cannot be made (only when ``max_len`` is given).
 
 Warnings (``check_stats``): ``id-column`` (a How2Sign manifest keyed on VIDEO_ID/VIDEO_NAME),
 ``length-mismatch``, ``truncated``, ``long-clip``, ``short-clip``, ``long-text``, ``overlap``,
-``cross-split-id``, and ``vocab`` (info unless the out-of-vocabulary rate is high). Info:
-``split-folders`` (feature files found in per-split sub-folders, see ``layout``), ``no-test``.
+``cross-split-id``, ``vocab`` (info unless the out-of-vocabulary rate is high), and ``max-len``
+(val/test references longer than ``eval.max_len`` tokens of the study's tokenizer; info when
+fewer than 1% are). Info: ``split-folders`` (feature files found in per-split sub-folders, see
+``layout``), ``no-test``.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from signtune.config import DataConfig
-from signtune.data.check_stats import cross_split_findings, length_findings, words
+from signtune.data.check_stats import DecodeLimit, cross_split_findings, length_findings, max_len_findings, words
 from signtune.data.features import candidate_paths, feature_problems, read_feature_array, resolve_feature_path
 from signtune.data.findings import CheckedSplit, DataReport, Finding, SplitSummary, finding
 from signtune.data.layout import (
@@ -57,7 +60,7 @@ from signtune.data.manifest import (
 )
 from signtune.errors import DataError, Problem
 
-__all__ = ["DataReport", "Finding", "check_data"]
+__all__ = ["DataReport", "DecodeLimit", "Finding", "check_data"]
 
 SPLITS = ("train", "val", "test")
 ProgressFn = Callable[[str, int, int], None]  # (split, files done, files in the split)
@@ -70,6 +73,8 @@ def check_data(
     *,
     progress: ProgressFn | None = None,
     workers: int | None = None,
+    max_len: DecodeLimit | None = None,
+    cache_dir: Path | None = None,
 ) -> DataReport:
     """Check a study's data and return every finding (see the module docstring for the rules).
 
@@ -78,6 +83,10 @@ def check_data(
         base_dir: the study directory.
         progress: called after each feature file with (split, files done, files in the split).
         workers: threads reading feature files (default: one per core, at most 8).
+        max_len: ``eval.max_len`` as the study sets it: the val and test references are then
+            counted in tokens of the study's tokenizer against it (``max-len``); None skips that.
+        cache_dir: where the study's trained tokenizer may already be cached (read, never
+            written; default ``base_dir/.cache``).
     """
     root = Path(cfg.root) if Path(cfg.root).is_absolute() else Path(base_dir) / cfg.root
     report = DataReport(root=root)
@@ -109,6 +118,9 @@ def check_data(
     if splits and splits[0].name == "train":
         for f in cross_split_findings(splits[0], splits[1:]):
             add(f)
+    if max_len is not None:
+        for f in _max_len_check(cfg, Path(base_dir), cache_dir, splits, max_len):
+            add(f)
     order = {"error": 0, "warning": 1, "info": 2}
     report.findings.sort(key=lambda f: order[f.severity])  # stable: split order within a severity
     return report
@@ -121,6 +133,38 @@ class _Layout:
     root: Path
     features_dir: str
     found: list[str] = field(default_factory=list)
+
+
+def _max_len_check(
+    cfg: DataConfig, base_dir: Path, cache_dir: Path | None, splits: list[CheckedSplit], limit: DecodeLimit
+) -> list[Finding]:
+    """``max-len`` of val and test, with the tokenizer ``study run`` trains with (``tokenizer``
+    when it cannot be made); nothing when the train manifest, which a word-level one needs, was unreadable."""
+    from signtune.data.tokenizer import load_or_train_tokenizer
+    from signtune.errors import SigntuneError
+
+    train = next((s for s in splits if s.name == "train"), None)
+    decoded = [s for s in splits if s.name != "train" and s.rows]
+    if not decoded or (train is None and not cfg.tokenizer):
+        return []
+    try:
+        tokenizer = load_or_train_tokenizer(
+            [r.text for r in train.rows] if train is not None else [],
+            vocab_size=cfg.vocab_size,
+            lowercase=cfg.lowercase,
+            cache_dir=Path(cache_dir) if cache_dir is not None else base_dir / ".cache",
+            pretrained=cfg.tokenizer,
+            base_dir=base_dir,
+            save=False,
+        )
+    except SigntuneError as exc:
+        p = exc.problems[0]
+        return [Finding("error", "data", "tokenizer", p.where, p.message, p.fix)]
+    if cfg.tokenizer:
+        name = f"data.tokenizer {cfg.tokenizer}"
+    else:
+        name = f"word-level, {tokenizer.vocab_size} ids, trained on train"
+    return [f for s in decoded for f in max_len_findings(s, tokenizer, limit, tokenizer_name=name)]
 
 
 def _check_split(
