@@ -150,7 +150,7 @@ def measure(where: Path, *, dim: int, cold: bool) -> dict[str, Any]:
             del splits
     # (b) the pack, built once
     fresh(cold)
-    s, info = _timed(lambda: pack_features(cfg["auto"], root, cache))
+    s, (info,) = _timed(lambda: pack_features(cfg["auto"], root, cache))  # one features folder: one pack
     out["build_s"], out["pack_bytes"], out["pack_clips"] = s, info.bytes, info.clips
     out["pack_frames"], out["built"] = info.frames, info.built
     # (c) + (d) a worker start on the built pack, then every byte read once; cold, then warm

@@ -239,6 +239,7 @@ def ship_sign2text(
 
 def _data_hashes(root: Path, cfg: TrainConfig) -> dict[str, str]:
     """sha256 of the manifests, and of the sorted list of feature file names."""
+    from signtune.data.layout import feature_listing
     from signtune.promote.provenance import sha256
 
     hashes = {}
@@ -246,7 +247,6 @@ def _data_hashes(root: Path, cfg: TrainConfig) -> dict[str, str]:
         path = root / name
         if path.exists():
             hashes[name] = sha256(path)
-    feats = root / cfg.data.features_dir
-    listing = sorted(p.name for p in feats.iterdir()) if feats.is_dir() else []
+    listing = feature_listing(root, cfg.data.features_dir)
     hashes["features_index"] = hashlib.sha256("\n".join(listing).encode()).hexdigest()
     return hashes

@@ -367,6 +367,11 @@ def load_spec(study: str | Path | None = None, overrides: dict[str, Any] | None 
                 for p in exc.problems:
                     key = p.where.split(": ", 1)[-1]
                     r.add(prefix + key, p.message, p.fix)
+        from signtune.data.layout import features_dir_problem
+
+        bad_folder = features_dir_problem(base.data.features_dir)
+        if bad_folder is not None:
+            r.add("data.features_dir", *bad_folder)
     epochs = fixed.get("run.epochs", base.run.epochs)
     if isinstance(epochs, bool) or not isinstance(epochs, int):
         if not any(p.where.endswith(": fixed.run.epochs") for p in r.problems):  # the typed check said so

@@ -6,6 +6,7 @@ Each bad input must give exit code 2, name the file and the fix, and print no tr
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -150,3 +151,27 @@ def test_data_pack_names_a_bad_file(project: Path) -> None:
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert clip.name in res.stderr and "np.save" in res.stderr
     assert not list((project / "studies/t/.cache").glob("pack/*/index.json")), "no half-built pack is left"
+
+
+def test_narrow_terminal_gets_one_block_per_finding(project: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    deep = tmp_path_factory.mktemp("d") / "a-data-folder-with-a-long-name" / "that-sits-deep" / "in-the-tree"
+    shutil.move(project / DATA, deep)  # outside the working folder: its paths are shown whole, or cut
+    edit(project / "studies/t/study.yaml", "  root: data\n", f"  root: {deep}\n")
+    first = (deep / TRAIN.name).read_text().splitlines()[1].split("\t")[3]
+    (deep / "features" / f"{first}.npy").unlink()
+    narrow = study("data", "check", "--study", "t", cwd=project, env={"COLUMNS": "80"})
+    assert narrow.returncode == 2, narrow.stdout + narrow.stderr
+    lines = narrow.stdout.splitlines()
+    assert not any(c in narrow.stdout for c in "┃│┏"), narrow.stdout  # no table
+    assert max(len(line) for line in lines) <= 80, narrow.stdout
+    assert "error train missing-feature (1 row)" in lines
+    assert f"  ids  {first}" in lines  # whole, on a line of its own
+    file_line = next(line for line in lines if line.startswith("  file ") and line.endswith(TRAIN.name))
+    assert file_line.startswith("  file …") and file_line.endswith("in-the-tree/how2sign_realigned_train.csv")
+    assert "  fix  add the file, delete the row, or set data.features_dir to the folder" in lines
+    assert "1 data error: `study run` refuses this data until they are fixed." in lines
+
+    wide = study("data", "check", "--study", "t", cwd=project, env={"COLUMNS": "200"})
+    assert wide.returncode == 2
+    assert "┃ severity ┃ split ┃ rule" in wide.stdout and "┃ fix" in wide.stdout  # the table, fix in its column
+    assert f"ids {first}" in wide.stdout and "(1 row)" not in wide.stdout

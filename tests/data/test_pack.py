@@ -93,7 +93,7 @@ def test_built_on_first_use_then_reused_without_reading_files(
     dataset.clear_cache()
     second = load_task_data(_cfg(root, subset=0.5), tmp_path, cache_dir=cache)
     assert second.train.ids == [i for i in first.train.ids if i in set(second.train.ids)]
-    info = pack_features(_cfg(root), tmp_path, cache)
+    [info] = pack_features(_cfg(root), tmp_path, cache)  # one features folder: one pack
     assert not info.built and info.clips == 43 and info.path == folder
     assert info.bytes == info.frames * 16 * 4
 
@@ -120,7 +120,7 @@ def test_max_frames_truncates_the_views_not_the_pack(root: Path, tmp_path: Path)
     for a, b in zip(full, short, strict=True):
         for x, y in zip(a.features, b.features, strict=True):
             assert np.array_equal(x[:20], y)
-    assert not pack_features(_cfg(root, max_frames=20), tmp_path, tmp_path / "c").built  # one pack for both
+    assert not pack_features(_cfg(root, max_frames=20), tmp_path, tmp_path / "c")[0].built  # one pack for both
 
 
 def test_changed_file_is_repacked(root: Path, tmp_path: Path) -> None:
@@ -155,7 +155,7 @@ def test_added_clip_is_repacked(root: Path, tmp_path: Path) -> None:
     np.save(root / "features" / "added_clip_0.npy", np.ones((4, 16), np.float32))
     train = _splits(root, cache)[0]
     assert train.ids[-1] == "added_clip_0" and np.array_equal(train.features[-1], np.ones((4, 16), np.float32))
-    assert pack_features(_cfg(root), tmp_path, cache).clips == 44
+    assert pack_features(_cfg(root), tmp_path, cache)[0].clips == 44
 
 
 def test_removed_file_gives_the_per_file_error(root: Path, tmp_path: Path) -> None:
@@ -320,7 +320,7 @@ cfg = DataConfig(root=str(root), feature_dim=16)
 print("ready", flush=True)
 while not go.exists():
     time.sleep(0.01)
-info = pack_features(cfg, root, cache)
+[info] = pack_features(cfg, root, cache)
 train, val, test = load_splits(cfg, root, cache_dir=cache)
 total = float(sum(np.float64(f.sum()) for s in (train, val, test) for f in s.features))
 print(json.dumps({"built": info.built, "total": total}), flush=True)
@@ -358,9 +358,11 @@ def test_concurrent_first_use_builds_once(root: Path, tmp_path: Path) -> None:
 
 def test_progress_and_force(root: Path, tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []
-    info = pack_features(_cfg(root), tmp_path, tmp_path / "c", progress=lambda done, total: seen.append((done, total)))
+    [info] = pack_features(
+        _cfg(root), tmp_path, tmp_path / "c", progress=lambda done, total: seen.append((done, total))
+    )
     assert info.built and info.reason == "no pack yet" and seen[-1] == (43, 43) and len(seen) == 43
-    again = pack_features(_cfg(root), tmp_path, tmp_path / "c", force=True)
+    [again] = pack_features(_cfg(root), tmp_path, tmp_path / "c", force=True)
     assert again.built and again.reason == "a rebuild was asked for" and again.frames == info.frames
 
 

@@ -116,19 +116,21 @@ def data_pack(
     )
     with progress:
         bar = progress.add_task("pack", total=None)
-        info = pack_features(
+        infos = pack_features(
             spec.base.data,
             spec.dir,
             spec.dir / ".cache",
             progress=lambda done, total: progress.update(bar, completed=done, total=total),
             force=force,
         )
-    verb = f"built in {info.seconds:.1f}s ({info.reason})" if info.built else "is current, reused"
-    out.print(
-        f"pack {info.path}: {info.clips} clips, {info.frames} frames of D={info.feature_dim}, "
-        f"{info.bytes / 2**20:.1f} MiB; {verb}",
-        highlight=False,
-    )
+    for info in infos:  # one pack per features folder: several when the splits have their own
+        verb = f"built in {info.seconds:.1f}s ({info.reason})" if info.built else "is current, reused"
+        source = f" (from {_shown(info.features_dir)})" if len(infos) > 1 else ""
+        out.print(
+            f"pack {info.path}{source}: {info.clips} clips, {info.frames} frames of D={info.feature_dim}, "
+            f"{info.bytes / 2**20:.1f} MiB; {verb}",
+            highlight=False,
+        )
 
 
 def _sign2text_spec(study: str | None, command: str) -> Any:
@@ -174,18 +176,65 @@ def check_data_with_progress(spec: Any) -> Any:
         progress.update(bars[split], completed=done)
 
     with progress:
-        return check_data(spec.base.data, spec.dir, progress=on_file)
+        return check_data(
+            spec.base.data, spec.dir, progress=on_file, max_len=_decode_limit(spec), cache_dir=spec.dir / ".cache"
+        )
+
+
+def _decode_limit(spec: Any) -> Any:
+    """``eval.max_len`` as the study's trials decode with it: the smallest value the search space
+    can give it, else the spec's fixed value, else the trainer default."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from signtune.data.check_stats import DecodeLimit
+    from signtune.errors import SigntuneError
+    from signtune.space import parse
+
+    try:
+        dist = parse(spec.search_space).distributions().get("eval.max_len")
+    except SigntuneError:  # `study validate` reports a bad search space; the data check goes on
+        dist = None
+    if isinstance(dist, IntDistribution | FloatDistribution):
+        return DecodeLimit(int(dist.low), "searched")
+    if isinstance(dist, CategoricalDistribution):
+        numbers = [int(c) for c in dist.choices if isinstance(c, int | float) and not isinstance(c, bool)]
+        if numbers:
+            return DecodeLimit(min(numbers), "searched")
+    return DecodeLimit(spec.base.eval.max_len, "fixed" if "eval.max_len" in spec.fixed else "default")
+
+
+NARROW = 120  # below this many columns, findings are blocks instead of a table
+
+
+def _shown(path: object, width: int | None = None) -> str:
+    """A path relative to the working folder when it is inside it, cut from the left to ``width``."""
+    text = str(path)
+    if Path(text).is_absolute() and Path(text).resolve().is_relative_to(Path.cwd().resolve()):
+        text = str(Path(text).resolve().relative_to(Path.cwd().resolve()))
+    if width is not None and len(text) > width:
+        text = "…" + text[len(text) - width + 1 :]
+    return text
 
 
 def _print_data_report(report: Any, shown: int = 3) -> bool:
-    """Print a data check's splits and findings; True when there are errors."""
+    """Print a data check's splits and findings; True when there are errors.
+
+    A terminal of ``NARROW`` columns or more gets one table; a narrower one gets one block per
+    finding, so that ids and paths are not folded into narrow cells.
+    """
     from signtune.storage import mask_url
 
+    narrow = out.width < NARROW
     for s in report.splits:
+        if narrow:
+            frames = f", median {s.frames_median:g} frames (max {s.frames_max})" if s.frames_median is not None else ""
+            words = f", {s.words_median:g} words" if s.words_median is not None else ""
+            out.print(f"data {s.name}: {s.rows} clips, {s.clips} files read{frames}{words}", highlight=False)
+            continue
         frames = f", frames median {s.frames_median:g} (max {s.frames_max})" if s.frames_median is not None else ""
         words = f", words median {s.words_median:g}" if s.words_median is not None else ""
         out.print(f"data {s.name}: {s.rows} clips, {s.clips} feature files read{frames}{words}", highlight=False)
-    n_err, n_warn = len(report.errors), len(report.warnings)
+    n_err = len(report.errors)
     if not report.findings:
         out.print(f"[green]OK[/] data in {report.root}: no findings")
         return False
@@ -194,35 +243,73 @@ def _print_data_report(report: Any, shown: int = 3) -> bool:
         more = f" +{len(items) - shown} more" if len(items) > shown else ""
         return ", ".join(map(str, items[:shown])) + more
 
-    wide = out.width >= 120  # narrower terminals get the fix inside the message cell
-    table = Table(title=f"data check of {report.root}: {n_err} errors, {n_warn} warnings", show_lines=True, expand=True)
-    table.add_column("severity", no_wrap=True)
-    table.add_column("split", no_wrap=True)
-    table.add_column("rule", no_wrap=wide, overflow="fold")
-    table.add_column("rows / ids", overflow="fold", ratio=2)
-    table.add_column("message", overflow="fold", ratio=4)
-    if wide:
-        table.add_column("fix", overflow="fold", ratio=2)
     style = {"error": "bold red", "warning": "yellow", "info": "dim"}
-    for f in report.findings:
-        rows = f"rows {first(f.rows)}" if f.rows else ""
-        ids = f"ids {first(tuple(dict.fromkeys(f.ids)))}" if f.ids else ""
-        message = f"{mask_url(f.where)}\n{mask_url(f.message)}"
-        fix = [Text(f.fix)] if wide else []
-        if f.fix and not wide:
-            message += f"\nfix: {f.fix}"
-        table.add_row(
-            f"[{style[f.severity]}]{f.severity}[/]",
-            f.split,
-            f.rule,
-            Text("\n".join(x for x in (rows, ids) if x)),
-            Text(message),
-            *fix,
-        )
-    out.print(table)
+    if narrow:
+        _print_blocks(report, first, style)
+    else:
+        table = Table(title=f"data check of {report.root}: {_counts(report)}", show_lines=True, expand=True)
+        table.add_column("severity", no_wrap=True)
+        table.add_column("split", no_wrap=True)
+        table.add_column("rule", no_wrap=True, overflow="fold")
+        table.add_column("rows / ids", overflow="fold", ratio=2)
+        table.add_column("message", overflow="fold", ratio=4)
+        table.add_column("fix", overflow="fold", ratio=2)
+        for f in report.findings:
+            rows = f"rows {first(f.rows)}" if f.rows else ""
+            ids = f"ids {first(tuple(dict.fromkeys(f.ids)))}" if f.ids else ""
+            table.add_row(
+                f"[{style[f.severity]}]{f.severity}[/]",
+                f.split,
+                f.rule,
+                Text("\n".join(x for x in (rows, ids) if x)),
+                Text(f"{mask_url(f.where)}\n{mask_url(f.message)}"),
+                Text(f.fix),
+            )
+        out.print(table)
     if n_err:
         out.print(
             f"[bold red]{n_err} data error{'s' if n_err != 1 else ''}[/]: "
             "`study run` refuses this data until they are fixed."
         )
     return n_err > 0
+
+
+def _counts(report: Any) -> str:
+    n_err, n_warn = len(report.errors), len(report.warnings)
+    return f"{n_err} error{'s' if n_err != 1 else ''}, {n_warn} warning{'s' if n_warn != 1 else ''}"
+
+
+def _print_blocks(report: Any, first: Any, style: dict[str, str]) -> None:
+    """The findings of a narrow terminal: per finding a head line (severity, split, rule, how
+    many rows), then its rows, ids, file (cut from the left), message and fix, each wrapped
+    under its own label."""
+    import re
+    import textwrap
+
+    from signtune.storage import mask_url
+
+    width = max(out.width, 40)
+    out.print(f"data check of {_shown(report.root, width - 40)}: {_counts(report)}", highlight=False)
+    indent = " " * 7
+
+    def field(label: str, text: str) -> None:
+        # a `setting: value` to copy stays on one line: its spaces are no break points
+        spans = re.sub(r"`[^`]*`", lambda m: m[0].replace(" ", "\u00a0"), text)
+        lines = textwrap.wrap(
+            spans, width=width - 1, initial_indent=f"  {label:<4} ", subsequent_indent=indent, break_on_hyphens=False
+        )
+        for line in lines:
+            out.print(line.replace("\u00a0", " "), markup=False, highlight=False, soft_wrap=True)
+
+    for f in report.findings:
+        count = f" ({len(f.rows)} row{'s' if len(f.rows) != 1 else ''})" if f.rows else ""
+        out.print()
+        out.print(f"[{style[f.severity]}]{f.severity}[/] {f.split} [bold]{f.rule}[/]{count}", highlight=False)
+        if f.rows:
+            field("rows", first(f.rows))
+        if f.ids:
+            field("ids", first(tuple(dict.fromkeys(f.ids))))
+        field("file", _shown(mask_url(f.where), width - 8))
+        field("", mask_url(f.message))
+        if f.fix:
+            field("fix", f.fix)

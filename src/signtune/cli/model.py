@@ -143,10 +143,15 @@ def translate(
     dim = promoted.feature_dim
     items: list[tuple[str, Path]] = []
     if manifest is not None:
+        from signtune.data.layout import manifest_folder
         from signtune.data.manifest import read_manifest
 
-        feats_dir = features or manifest.parent / "features"
-        for row in read_manifest(manifest, format="how2sign", id_column="SENTENCE_NAME", text_column="SENTENCE"):
+        rows = read_manifest(manifest, format="how2sign", id_column="SENTENCE_NAME", text_column="SENTENCE")
+        given = features or manifest.parent / "features"
+        feats_dir, found = manifest_folder(given, manifest, [r.id for r in rows])
+        if found:
+            err.print(f"features: reading {feats_dir}, as {given} holds none of the manifest's clips", highlight=False)
+        for row in rows:
             path = resolve_feature_path(feats_dir, row.id)
             if path is None:
                 raise ConfigError(

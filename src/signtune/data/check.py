@@ -14,11 +14,15 @@ Errors are what the loader refuses, so ``study run`` stops on them too:
 - ``duplicate-id``; ``shared-id``: many different sentences share ids (one explicit finding:
   the manifest is keyed on a per-video column, e.g. VIDEO_NAME instead of SENTENCE_NAME);
 - ``unsafe-id``, ``missing-feature``, ``unreadable-feature`` (pickled objects included),
-  ``ndim``, ``feature-dim`` (one finding per D found), ``empty-clip`` (0 frames), ``non-finite``.
+  ``ndim``, ``feature-dim`` (one finding per D found), ``empty-clip`` (0 frames), ``non-finite``;
+- ``tokenizer``: the study's tokenizer cannot be made (only when ``max_len`` is given).
 
 Warnings (``check_stats``): ``id-column`` (a How2Sign manifest keyed on VIDEO_ID/VIDEO_NAME),
 ``length-mismatch``, ``truncated``, ``long-clip``, ``short-clip``, ``long-text``, ``overlap``,
-``cross-split-id``, and ``vocab`` (info unless the out-of-vocabulary rate is high).
+``cross-split-id``, ``vocab`` (info unless the out-of-vocabulary rate is high), and ``max-len``
+(val/test references longer than ``eval.max_len`` tokens of the study's tokenizer; info when
+fewer than 1% are). Info: ``split-folders`` (feature files found in per-split sub-folders, see
+``layout``), ``no-test``.
 """
 
 from __future__ import annotations
@@ -26,14 +30,23 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from signtune.config import DataConfig
-from signtune.data.check_stats import cross_split_findings, length_findings, words
+from signtune.data.check_stats import DecodeLimit, cross_split_findings, length_findings, max_len_findings, words
 from signtune.data.features import candidate_paths, feature_problems, read_feature_array, resolve_feature_path
 from signtune.data.findings import CheckedSplit, DataReport, Finding, SplitSummary, finding
+from signtune.data.layout import (
+    configured_folder,
+    layout_fix,
+    layout_note,
+    missing_hint,
+    per_split,
+    split_folder,
+)
 from signtune.data.manifest import (
     PER_VIDEO_COLUMNS,
     ManifestRow,
@@ -47,7 +60,7 @@ from signtune.data.manifest import (
 )
 from signtune.errors import DataError, Problem
 
-__all__ = ["DataReport", "Finding", "check_data"]
+__all__ = ["DataReport", "DecodeLimit", "Finding", "check_data"]
 
 SPLITS = ("train", "val", "test")
 ProgressFn = Callable[[str, int, int], None]  # (split, files done, files in the split)
@@ -55,7 +68,13 @@ Add = Callable[[Finding], None]
 
 
 def check_data(
-    cfg: DataConfig, base_dir: Path, *, progress: ProgressFn | None = None, workers: int | None = None
+    cfg: DataConfig,
+    base_dir: Path,
+    *,
+    progress: ProgressFn | None = None,
+    workers: int | None = None,
+    max_len: DecodeLimit | None = None,
+    cache_dir: Path | None = None,
 ) -> DataReport:
     """Check a study's data and return every finding (see the module docstring for the rules).
 
@@ -64,6 +83,10 @@ def check_data(
         base_dir: the study directory.
         progress: called after each feature file with (split, files done, files in the split).
         workers: threads reading feature files (default: one per core, at most 8).
+        max_len: ``eval.max_len`` as the study sets it: the val and test references are then
+            counted in tokens of the study's tokenizer against it (``max-len``); None skips that.
+        cache_dir: where the study's trained tokenizer may already be cached (read, never
+            written; default ``base_dir/.cache``).
     """
     root = Path(cfg.root) if Path(cfg.root).is_absolute() else Path(base_dir) / cfg.root
     report = DataReport(root=root)
@@ -72,33 +95,82 @@ def check_data(
         fix = "set data.root, or generate the demo data with `study data synth --out DIR`"
         add(Finding("error", "data", "data-root", str(root), "the data folder does not exist", fix))
         return report
-    features_dir = root / cfg.features_dir
-    if not features_dir.is_dir():
+    if not per_split(cfg.features_dir) and not (root / cfg.features_dir).is_dir():
         fix = "set data.features_dir to the folder of .npy/.pt files (relative to data.root)"
-        add(Finding("error", "data", "features-dir", str(features_dir), "the features folder does not exist", fix))
+        where = str(root / cfg.features_dir)
+        add(Finding("error", "data", "features-dir", where, "the features folder does not exist", fix))
     splits: list[CheckedSplit] = []
+    layout = _Layout(root, cfg.features_dir)
     manifests = {"train": cfg.train_manifest, "val": cfg.val_manifest, "test": cfg.test_manifest}
     for name in SPLITS:
         manifest = root / manifests[name]
         if name == "test" and not manifest.exists():
             add(Finding("info", "test", "no-test", str(manifest), "no test manifest; the test split is skipped", ""))
             continue
-        split = _check_split(name, manifest, features_dir, cfg, add, progress, workers)
+        split = _check_split(name, manifest, layout, cfg, add, progress, workers)
         if split is not None:
             splits.append(split)
             report.splits.append(_summary(split))
+    if layout.found:
+        where = str(root / cfg.features_dir)
+        fix = layout_fix(cfg.features_dir)
+        add(Finding("info", "data", "split-folders", where, layout_note(cfg.features_dir, layout.found), fix))
     if splits and splits[0].name == "train":
         for f in cross_split_findings(splits[0], splits[1:]):
+            add(f)
+    if max_len is not None:
+        for f in _max_len_check(cfg, Path(base_dir), cache_dir, splits, max_len):
             add(f)
     order = {"error": 0, "warning": 1, "info": 2}
     report.findings.sort(key=lambda f: order[f.severity])  # stable: split order within a severity
     return report
 
 
+@dataclass
+class _Layout:
+    """The data folder, ``data.features_dir``, and the splits found in per-split sub-folders."""
+
+    root: Path
+    features_dir: str
+    found: list[str] = field(default_factory=list)
+
+
+def _max_len_check(
+    cfg: DataConfig, base_dir: Path, cache_dir: Path | None, splits: list[CheckedSplit], limit: DecodeLimit
+) -> list[Finding]:
+    """``max-len`` of val and test, with the tokenizer ``study run`` trains with (``tokenizer``
+    when it cannot be made); nothing when the train manifest, which a word-level one needs, was unreadable."""
+    from signtune.data.tokenizer import load_or_train_tokenizer
+    from signtune.errors import SigntuneError
+
+    train = next((s for s in splits if s.name == "train"), None)
+    decoded = [s for s in splits if s.name != "train" and s.rows]
+    if not decoded or (train is None and not cfg.tokenizer):
+        return []
+    try:
+        tokenizer = load_or_train_tokenizer(
+            [r.text for r in train.rows] if train is not None else [],
+            vocab_size=cfg.vocab_size,
+            lowercase=cfg.lowercase,
+            cache_dir=Path(cache_dir) if cache_dir is not None else base_dir / ".cache",
+            pretrained=cfg.tokenizer,
+            base_dir=base_dir,
+            save=False,
+        )
+    except SigntuneError as exc:
+        p = exc.problems[0]
+        return [Finding("error", "data", "tokenizer", p.where, p.message, p.fix)]
+    if cfg.tokenizer:
+        name = f"data.tokenizer {cfg.tokenizer}"
+    else:
+        name = f"word-level, {tokenizer.vocab_size} ids, trained on train"
+    return [f for s in decoded for f in max_len_findings(s, tokenizer, limit, tokenizer_name=name)]
+
+
 def _check_split(
     name: str,
     manifest: Path,
-    features_dir: Path,
+    layout: _Layout,
     cfg: DataConfig,
     add: Add,
     progress: ProgressFn | None,
@@ -134,8 +206,18 @@ def _check_split(
         message = f"data.id_column is {cfg.id_column}, which names a whole How2Sign video, not one sentence"
         fix = "key on SENTENCE_NAME (data.id_column: SENTENCE_NAME), with one feature file per sentence"
         add(finding("warning", split, "id-column", scan.rows, message, fix))
-    if features_dir.is_dir():
-        _check_features(split, features_dir, cfg.feature_dim, add, progress, workers)
+    clip_ids = [r.id for r in split.rows]
+    folder, detected = split_folder(layout.root, layout.features_dir, name, clip_ids)
+    hint = "" if detected else missing_hint(layout.root, layout.features_dir, name, clip_ids, layout.found)
+    if detected:
+        layout.found.append(name)
+    if folder.is_dir():
+        _check_features(split, folder, cfg.feature_dim, add, progress, workers, hint)
+    elif per_split(layout.features_dir):
+        message = f"the {name} features folder does not exist (data.features_dir is {layout.features_dir!r})"
+        fix = hint or f"put the {name} feature files there, or set data.features_dir to the folder that holds them"
+        where = str(configured_folder(layout.root, layout.features_dir, name))
+        add(Finding("error", name, "features-dir", where, message, fix))
     id_name, _ = column_names(cfg.format, cfg.id_column, cfg.text_column)
     for f in length_findings(split, max_frames=cfg.max_frames, id_name=id_name):
         add(f)
@@ -168,6 +250,7 @@ def _check_features(
     add: Add,
     progress: ProgressFn | None,
     workers: int | None,
+    hint: str = "",
 ) -> None:
     found: dict[str, list[tuple[ManifestRow, Problem]]] = {}
     located: list[tuple[ManifestRow, Path]] = []
@@ -180,7 +263,7 @@ def _check_features(
         if path is None:
             flat, _, nested, _ = candidate_paths(features_dir, r.id)
             message = f"no feature file for id {r.id!r}; looked for {flat}|.pt and {nested}|.pt"
-            fix = "add the file, delete the row, or set data.features_dir to the folder that holds it"
+            fix = hint or "add the file, delete the row, or set data.features_dir to the folder that holds it"
             found.setdefault("missing-feature", []).append((r, Problem(str(features_dir), message, fix)))
         else:
             located.append((r, path))

@@ -1,4 +1,4 @@
-"""The data check's warnings on lengths and words: outliers, overlap, vocabulary.
+"""The data check's warnings on lengths and words: outliers, overlap, vocabulary, decoding length.
 
 Robust bounds use a split's median and MAD (scaled by 1.4826 to estimate a standard deviation,
 and floored at 1 so that equal lengths flag nothing); they need ``MIN_CLIPS_FOR_STATS`` clips.
@@ -6,17 +6,24 @@ and floored at 1 so that equal lengths flag nothing); they need ``MIN_CLIPS_FOR_
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
 
 from signtune.data.findings import CheckedSplit, Finding, finding, many
 from signtune.data.manifest import ManifestRow
+from signtune.data.types import TextTokenizer
 
 OUTLIER_MADS = 6.0  # beyond median + 6 MADs is an outlier
 MAD_SCALE = 1.4826
 SHORT_RATIO = 4.0  # fewer frames per word than median / 4 is suspicious
 OOV_WARN = 0.10  # an out-of-vocabulary word rate above this is a warning, below it info
+MAX_LEN_PERCENTILE = 99  # eval.max_len should let this share of a split's references be decoded whole
 MIN_CLIPS_FOR_STATS = 20
 EXAMPLES = 3
 _WORD = re.compile(r"[\w']+")
@@ -105,7 +112,7 @@ def length_findings(split: CheckedSplit, *, max_frames: int, id_name: str) -> li
                 wordy,
                 f"{many(len(wordy), 'sentence is', 'sentences are')} longer than {bound:.0f} words (the median + "
                 f"{OUTLIER_MADS:g} MADs); the longest: row {r.row}, {words(r.text)} words",
-                "check that these rows hold one sentence each; long targets may also exceed eval.max_len",
+                "check that these rows hold one sentence each",
             )
     return out
 
@@ -176,3 +183,66 @@ def cross_split_findings(train: CheckedSplit, others: list[CheckedSplit]) -> lis
             )
         )
     return out
+
+
+@dataclass(frozen=True)
+class DecodeLimit:
+    """``eval.max_len`` as a study sets it, for the ``max-len`` rule.
+
+    Attributes:
+        value: the most tokens decoded per sentence, EOS included.
+        origin: ``default`` (the trainer's), ``fixed`` (the spec's ``fixed:`` block) or
+            ``searched`` (``value`` is the smallest the search space can give it).
+    """
+
+    value: int
+    origin: Literal["default", "fixed", "searched"] = "default"
+
+
+def max_len_findings(
+    split: CheckedSplit, tokenizer: TextTokenizer, limit: DecodeLimit, *, tokenizer_name: str
+) -> list[Finding]:
+    """``max-len``: the references of ``split`` longer than ``limit.value`` tokens of ``tokenizer``.
+
+    Their hypotheses are cut at ``eval.max_len`` tokens, so the split's BLEU is capped. The fix
+    names the split's 99th-percentile length plus EOS; when fewer than 1% are longer (that
+    value is no raise), the finding is info and names the longest instead.
+    """
+    texts = [r.text for r in split.rows]
+    encode_batch = getattr(tokenizer, "encode_batch", None)
+    encoded = encode_batch(texts) if callable(encode_batch) else [tokenizer.encode(t) for t in texts]
+    counts = [len(ids) for ids in encoded]
+    over = [(r, n) for r, n in zip(split.rows, counts, strict=True) if n > limit.value]
+    if not over:
+        return []
+    r, longest = max(over, key=lambda x: x[1])
+    p99 = math.ceil(float(np.percentile(counts, MAX_LEN_PERCENTILE)))
+    origin = {
+        "default": "the trainer default",
+        "fixed": "fixed in study.yaml",
+        "searched": "the smallest value the search space gives it",
+    }[limit.origin]
+    message = (
+        f"{len(over)} of {len(counts)} {split.name} references {'is' if len(over) == 1 else 'are'} longer than "
+        f"eval.max_len = {limit.value} tokens ({origin}), counted with the study's tokenizer ({tokenizer_name}); "
+        f"their hypotheses are cut at {limit.value} tokens, which lowers {split.name} BLEU; the longest: "
+        f"row {r.row}, {longest} tokens"
+    )
+    rows = [row for row, _ in over]
+    if p99 + 1 <= limit.value:
+        fix = (
+            f"fewer than 1% are longer; eval.max_len: {longest + 1} would decode even the longest whole "
+            "(decoding is slower the longer it may run)"
+        )
+        return [finding("info", split, "max-len", rows, message, fix)]
+    target = p99 + 1  # eval.max_len counts the EOS token too
+    where = (
+        f"raise the lowest eval.max_len of the search space to {target}"
+        if limit.origin == "searched"
+        else f"`fixed: {{eval.max_len: {target}}}` in study.yaml"
+    )
+    fix = (
+        f"raise eval.max_len to the {split.name} split's {MAX_LEN_PERCENTILE}th percentile "
+        f"({p99} tokens, plus EOS): {where}"
+    )
+    return [finding("warning", split, "max-len", rows, message, fix)]

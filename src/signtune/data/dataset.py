@@ -2,7 +2,8 @@
 
 With ``data.pack: auto`` (the default) the features are served from the packed store
 (``signtune.data.pack``): on first use every clip the train/val/test manifests name is read
-once, checked, and written into one memory-mapped file under the study's cache; later loads,
+once, checked, and written into one memory-mapped file under the study's cache (one per
+features folder: per split with ``features_dir: features/{split}``); later loads,
 in this process or any other, stat the source files against the pack's index and make
 zero-copy, read-only views into it. A changed, added or removed source file rebuilds the pack.
 ``data.pack: off`` reads every file one by one on each new load (``load_split``).
@@ -30,6 +31,7 @@ import numpy as np
 from signtune.config import DataConfig
 from signtune.data import pack as packed
 from signtune.data.features import candidate_paths, load_feature, resolve_feature_path
+from signtune.data.layout import layout_fix, layout_note, per_split, say_once, split_folder
 from signtune.data.manifest import ManifestRow, capped, read_manifest
 from signtune.data.pack import Pack, PackInfo, Source
 from signtune.data.tokenizer import load_or_train_tokenizer
@@ -138,9 +140,19 @@ def load_split(
     return _split(name, loaded.ids, loaded.texts, loaded.features, tokenizer)
 
 
-def _check_features_dir(features_dir: Path) -> None:
-    if not features_dir.is_dir():
-        raise DataError(Problem("data.features_dir", f"the features folder {features_dir} does not exist", SYNTH_FIX))
+def _check_features_dir(features_dir: Path, split: str = "", setting: str = "") -> None:
+    """Refuse a missing features folder; ``split`` and ``setting`` name a per-split one."""
+    if features_dir.is_dir():
+        return
+    if split:
+        raise DataError(
+            Problem(
+                "data.features_dir",
+                f"the {split} features folder {features_dir} does not exist (data.features_dir is {setting!r})",
+                f"put the {split} feature files there, or set data.features_dir to the folder that holds them",
+            )
+        )
+    raise DataError(Problem("data.features_dir", f"the features folder {features_dir} does not exist", SYNTH_FIX))
 
 
 def _read_rows(name: str, manifest_path: Path, cfg: DataConfig) -> list[ManifestRow]:
@@ -302,22 +314,47 @@ def _ensure_pack(
     )
 
 
-def _packed_splits(manifests: list[_Manifest], features_dir: Path, cfg: DataConfig, cache_dir: Path) -> list[Split]:
-    pack, _ = _ensure_pack(manifests, features_dir, cfg, cache_dir)
-    for old in [k for k in _CACHE if k[0] == "pack" and k[1] == str(pack.folder) and k[2] != pack.token]:
-        del _CACHE[old]  # views of a rebuilt pack's old file: let its (deleted) frames be unmapped
-    out: list[Split] = []
+def _packed_splits(manifests: list[_Manifest], folders: list[Path], cfg: DataConfig, cache_dir: Path) -> list[Split]:
+    """The splits, served from one pack per features folder (one in all unless per split)."""
+    out: dict[int, Split] = {}
+    for folder in dict.fromkeys(folders):
+        group = [i for i, f in enumerate(folders) if f == folder]
+        pack, _ = _ensure_pack([manifests[i] for i in group], folder, cfg, cache_dir)
+        for old in [k for k in _CACHE if k[0] == "pack" and k[1] == str(pack.folder) and k[2] != pack.token]:
+            del _CACHE[old]  # views of a rebuilt pack's old file: let its (deleted) frames be unmapped
+        for i in group:
+            name, _path, rows = manifests[i]
+            ids, texts = tuple(r.id for r in rows), tuple(r.text for r in rows)
+            key = ("pack", str(pack.folder), pack.token, cfg.max_frames, ids, texts)
+            loaded = _CACHE.get(key)
+            if loaded is None:  # views, truncated to max_frames: the pack itself keeps every frame
+                feats = [pack.view(clip_id)[: cfg.max_frames] for clip_id in ids]
+                loaded = _Loaded(ids=list(ids), texts=list(texts), features=feats)
+                _remember(key, loaded)
+            _CACHE.move_to_end(key)
+            out[i] = _split(name, loaded.ids, loaded.texts, loaded.features, None)
+    return [out[i] for i in range(len(manifests))]
+
+
+def _split_folders(cfg: DataConfig, root: Path, manifests: list[_Manifest]) -> list[Path]:
+    """Each manifest's features folder (``signtune.data.layout``), each checked to exist.
+
+    When some were found in per-split sub-folders of ``data.features_dir``, says so once
+    (a warning on the ``signtune.data`` logger).
+    """
+    folders: list[Path] = []
+    found: list[str] = []
     for name, _path, rows in manifests:
-        ids, texts = tuple(r.id for r in rows), tuple(r.text for r in rows)
-        key = ("pack", str(pack.folder), pack.token, cfg.max_frames, ids, texts)
-        loaded = _CACHE.get(key)
-        if loaded is None:  # views, truncated to max_frames: the pack itself keeps every frame
-            feats = [pack.view(clip_id)[: cfg.max_frames] for clip_id in ids]
-            loaded = _Loaded(ids=list(ids), texts=list(texts), features=feats)
-            _remember(key, loaded)
-        _CACHE.move_to_end(key)
-        out.append(_split(name, loaded.ids, loaded.texts, loaded.features, None))
-    return out
+        folder, detected = split_folder(root, cfg.features_dir, name, [r.id for r in rows])
+        folders.append(folder)
+        if detected:
+            found.append(name)
+    if per_split(cfg.features_dir):
+        for (name, _path, _rows), folder in zip(manifests, folders, strict=True):
+            _check_features_dir(folder, name, cfg.features_dir)
+    if found:
+        say_once(f"{layout_note(cfg.features_dir, found)} ({layout_fix(cfg.features_dir)})")
+    return folders
 
 
 def _data_root(cfg: DataConfig, base_dir: Path) -> Path:
@@ -337,27 +374,38 @@ def _manifests(cfg: DataConfig, root: Path) -> list[tuple[str, Path]]:
     return found
 
 
+def _read_manifests(cfg: DataConfig, root: Path) -> tuple[list[_Manifest], list[Path]]:
+    """The manifests' rows and their features folders; a missing single features folder is
+    reported before any manifest is read."""
+    if not per_split(cfg.features_dir):
+        _check_features_dir(root / cfg.features_dir)
+    manifests = [(name, path, _read_rows(name, path, cfg)) for name, path in _manifests(cfg, root)]
+    return manifests, _split_folders(cfg, root, manifests)
+
+
 def load_splits(cfg: DataConfig, root: Path, *, cache_dir: Path) -> tuple[Split, Split, Split | None]:
     """train, val and (when its manifest exists) test, without token ids.
 
     With ``cfg.pack == "auto"`` the features are views into the packed store under
-    ``cache_dir`` (built or rebuilt first when needed); with ``"off"`` each file is read.
+    ``cache_dir`` (built or rebuilt first when needed; one pack per features folder); with
+    ``"off"`` each file is read. Each split's features folder is the one ``data.features_dir``
+    names, with ``{split}`` filled in, or its sub-folder named after the split when that one
+    holds the split's files and it does not (``signtune.data.layout``).
 
     Args:
         cfg: the data config.
         root: the data folder (``cfg.root`` already resolved).
-        cache_dir: the study's cache folder; the pack lives in ``cache_dir/pack/<key>/``.
+        cache_dir: the study's cache folder; a pack lives in ``cache_dir/pack/<key>/``.
 
     Raises:
         DataError: see ``load_split``; also when the pack cannot be written.
     """
-    features_dir = root / cfg.features_dir
+    manifests, folders = _read_manifests(cfg, root)
     if cfg.pack == "off":
-        splits = [load_split(name, path, features_dir, cfg, None) for name, path in _manifests(cfg, root)]
+        pairs = zip(manifests, folders, strict=True)
+        splits = [load_split(name, path, folder, cfg, None) for (name, path, _), folder in pairs]
     else:
-        _check_features_dir(features_dir)
-        manifests = [(name, path, _read_rows(name, path, cfg)) for name, path in _manifests(cfg, root)]
-        splits = _packed_splits(manifests, features_dir, cfg, Path(cache_dir))
+        splits = _packed_splits(manifests, folders, cfg, Path(cache_dir))
     return splits[0], splits[1], (splits[2] if len(splits) > 2 else None)
 
 
@@ -368,7 +416,7 @@ def pack_features(
     *,
     progress: Callable[[int, int], None] | None = None,
     force: bool = False,
-) -> PackInfo:
+) -> list[PackInfo]:
     """Build (or check and reuse) the packed store of every clip the manifests name.
 
     What ``study data pack`` runs; ``load_task_data`` does the same on first use. Packs whatever
@@ -377,22 +425,26 @@ def pack_features(
     Args:
         cfg: the data config (root, manifests, features folder, ``feature_dim``).
         base_dir: the study directory (``cfg.root`` is relative to it unless absolute).
-        cache_dir: the study's cache folder; the pack goes to ``cache_dir/pack/<key>/``.
-        progress: called with (clips packed, clips to pack) while building.
+        cache_dir: the study's cache folder; a pack goes to ``cache_dir/pack/<key>/``.
+        progress: called with (clips packed, clips to pack) while building, per pack.
         force: rebuild even when the pack is valid.
 
     Returns:
-        What the pack holds, where it is, how long it took, and whether it was built or reused.
+        One per features folder (one in all unless the splits have their own folders, e.g.
+        ``features_dir: features/{split}``), in split order: what the pack holds, where it is,
+        how long it took, and whether it was built or reused.
 
     Raises:
         DataError: a manifest or feature file is bad (the same messages as loading per file),
             or the pack cannot be written.
     """
     root = _data_root(cfg, base_dir)
-    features_dir = root / cfg.features_dir
-    _check_features_dir(features_dir)
-    manifests = [(name, path, _read_rows(name, path, cfg)) for name, path in _manifests(cfg, root)]
-    return _ensure_pack(manifests, features_dir, cfg, Path(cache_dir), force=force, progress=progress)[1]
+    manifests, folders = _read_manifests(cfg, root)
+    infos: list[PackInfo] = []
+    for folder in dict.fromkeys(folders):
+        group = [m for m, f in zip(manifests, folders, strict=True) if f == folder]
+        infos.append(_ensure_pack(group, folder, cfg, Path(cache_dir), force=force, progress=progress)[1])
+    return infos
 
 
 def _split(

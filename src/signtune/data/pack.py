@@ -68,6 +68,7 @@ class PackInfo:
         seconds: time to check (and build) the pack.
         built: True when this call built it, False when a valid pack was reused.
         reason: why it was built (``no pack yet``, a changed file...); empty when reused.
+        features_dir: the folder its clips were read from (resolved).
     """
 
     path: Path
@@ -78,6 +79,7 @@ class PackInfo:
     seconds: float
     built: bool
     reason: str = ""
+    features_dir: Path = Path()
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class Pack:
     def __init__(self, folder: Path, index: dict[str, Any], frames: np.ndarray) -> None:
         self.folder = folder
         self.token = str(index["token"])
+        self.features_dir = Path(str(index.get("features_dir", "")))
         self.feature_dim = int(index["feature_dim"])
         self.ids: list[str] = [str(x) for x in index["ids"]]
         self.paths: list[str] = [str(x) for x in index["paths"]]
@@ -131,6 +134,7 @@ class Pack:
             seconds=seconds,
             built=built,
             reason=reason,
+            features_dir=self.features_dir,
         )
 
     def stale(self, features_dir: Path, ids: Iterable[str], feature_dim: int) -> str | None:

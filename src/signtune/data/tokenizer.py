@@ -189,6 +189,7 @@ def load_or_train_tokenizer(
     cache_dir: Path,
     pretrained: str = "",
     base_dir: Path | None = None,
+    save: bool = True,
 ) -> Tokenizer | PretrainedTokenizer:
     """The tokenizer ``data.tokenizer`` names, or the cached word-level one for these texts.
 
@@ -200,9 +201,12 @@ def load_or_train_tokenizer(
         pretrained: ``data.tokenizer``: a Hugging Face tokenizer folder (relative to
             ``base_dir``) or a hub id already in the local cache; empty trains a word-level one.
         base_dir: the study directory.
+        save: write a newly trained tokenizer into ``cache_dir`` (False: the cache is only read,
+            as by ``study data check``).
 
     Raises:
         ConfigError: ``pretrained`` is set but cannot be read offline.
+        DataError: ``vocab_size`` is too small to hold the special tokens.
     """
     if pretrained:
         return load_pretrained_tokenizer(pretrained, base_dir=base_dir, lowercase=lowercase)
@@ -214,7 +218,8 @@ def load_or_train_tokenizer(
         except DataError:
             pass  # a damaged cache entry is trained again and overwritten
     tokenizer = train_tokenizer(texts, vocab_size=vocab_size, lowercase=lowercase)
-    tokenizer.save(path)
+    if save:
+        tokenizer.save(path)
     return tokenizer
 
 
