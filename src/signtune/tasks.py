@@ -8,8 +8,8 @@ MLflow: ``report(epoch, metrics)`` is its only channel out, and it may raise ``S
 ``promote_config``, then ``fit`` with ``ctx.checkpoint`` (and ``ctx.resume``) set, then
 ``ship`` for the winner.
 
-Size: about 400 lines: the protocol, the plug-in wrapper and the built-in task's hooks, kept
-together so the one contract promote-best drives is in one place.
+Size: past 400 lines because the protocol, the plug-in wrapper and the built-in task's hooks
+are kept together, so the one contract that runs and promote-best drive is in one place.
 """
 
 from __future__ import annotations
