@@ -21,7 +21,9 @@ from rich.console import Console
 from signtune.errors import ConfigError, Problem, SigntuneError
 
 if TYPE_CHECKING:
+    from signtune.spec import StudySpec
     from signtune.study import StudyDef
+    from signtune.tasks import Task
 
 app = typer.Typer(
     name="study",
@@ -155,7 +157,7 @@ def load_settled(study: str | None, overrides: dict[str, Any]) -> StudyDef:
     return loaded
 
 
-def prepare(task: Any, spec: Any) -> Any:
+def prepare(task: Task, spec: StudySpec) -> dict[str, Any]:
     """``task.prepare(spec)``; refused data also says where to see every problem at once."""
     from signtune import interrupts
     from signtune.doctor import check_stores

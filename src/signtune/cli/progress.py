@@ -15,10 +15,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from signtune.runner import RunSummary
 
 Mode = Literal["bar", "lines", "json", "quiet"]
 
@@ -87,7 +90,7 @@ class Reporter:
         if self._bar is not None:
             self._bar.stop()
 
-    def end(self, summary: Any) -> None:
+    def end(self, summary: RunSummary) -> None:
         if self.mode == "json":
             self._json(
                 {

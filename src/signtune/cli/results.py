@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -18,6 +18,9 @@ from signtune.cli.app import (
     out,
     quiet,
 )
+
+if TYPE_CHECKING:
+    from signtune.spec import StudySpec
 
 
 @app.command()
@@ -71,7 +74,7 @@ def _export(study: str | None, storage: str | None, out_dir: Path | None) -> Pat
     return path
 
 
-def print_leaderboard(spec: Any, top: int = 10) -> None:
+def print_leaderboard(spec: StudySpec, top: int = 10) -> None:
     """The top trials, one line each: only the params that vary among them, by short names
     (a legend under the table says which is which; trials.csv has every value in full)."""
     from rich import box

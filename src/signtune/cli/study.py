@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -22,6 +22,10 @@ from signtune.cli.app import (
     tracking_override,
 )
 from signtune.errors import ConfigError, Problem
+
+if TYPE_CHECKING:
+    from signtune.runner import RunSummary
+    from signtune.spec import StudySpec
 
 
 @app.command()
@@ -157,7 +161,7 @@ def run(
     out.print(f"Ran {summary.started} trial(s) in {summary.wall_time_s:.1f}s. Exports: {spec.dir / 'export'}")
 
 
-def _print_run_notes(spec: Any, summary: Any) -> None:
+def _print_run_notes(spec: StudySpec, summary: RunSummary) -> None:
     """What a run repaired or could not log: reaped trials, back-filled and missing MLflow runs."""
     from signtune.storage import mask_url
 
@@ -355,7 +359,7 @@ def doctor(
     quiet()
     spec, _, _ = load(study, {"storage": storage})
 
-    def data_check(s: Any) -> Finding:
+    def data_check(s: StudySpec) -> Finding:
         if s.task != "sign2text":
             return Finding("data", "ok", f"plug-in task {s.task!r}: its prepare hook checks its own data")
         from signtune.cli.data import check_data_with_progress
@@ -381,7 +385,7 @@ def doctor(
         raise typer.Exit(2)
 
 
-def _record(spec: Any) -> None:
+def _record(spec: StudySpec) -> None:
     from signtune.study import record_settings
 
     record_settings(spec)
