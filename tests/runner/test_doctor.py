@@ -147,7 +147,7 @@ def _wait_running(count: int, timeout: float = 120) -> list[optuna.trial.FrozenT
     running: list[optuna.trial.FrozenTrial] = []
     while time.monotonic() < end:
         try:
-            running = [t for t in _study().get_trials(states=(TrialState.RUNNING,)) if "pid" in t.user_attrs]
+            running = [t for t in _study().get_trials(states=(TrialState.RUNNING,)) if "pid" in t.user_attrs and t.params]
         except KeyError:
             running = []
         if len(running) >= count:

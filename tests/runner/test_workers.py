@@ -50,7 +50,7 @@ def _wait_running(name: str, url: str, timeout: float = 60) -> optuna.trial.Froz
             running = _load(name, url).get_trials(states=(TrialState.RUNNING,))
         except KeyError:
             running = []
-        with_pid = [t for t in running if "pid" in t.user_attrs]
+        with_pid = [t for t in running if "pid" in t.user_attrs and t.params]  # named and training
         if with_pid:
             return with_pid[0]
         time.sleep(0.2)
