@@ -86,7 +86,7 @@ def run_backend(backend: str, *, workers: int, trials: int, task_s: float, root:
     except Exception as exc:  # a storage failure that stopped the run counts as a lock error
         error = f"{type(exc).__name__}: {exc}"
     wall = time.perf_counter() - t0
-    study = optuna.load_study(study_name=name, storage=create_storage(url, heartbeat=False))
+    study = optuna.load_study(study_name=name, storage=create_storage(url))
     all_trials = study.get_trials()
     finished = [t for t in all_trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     failed = [t for t in all_trials if t.state == TrialState.FAIL]
@@ -96,7 +96,7 @@ def run_backend(backend: str, *, workers: int, trials: int, task_s: float, root:
     busy = (max(ends) - min(starts)).total_seconds() if starts and ends else float("nan")
     overhead_ms = (busy * workers - len(all_trials) * task_s) / max(1, len(all_trials)) * 1000
     if backend == "postgresql":
-        optuna.delete_study(study_name=name, storage=create_storage(url, heartbeat=False))
+        optuna.delete_study(study_name=name, storage=create_storage(url))
     return {
         "backend": backend,
         "workers": workers,

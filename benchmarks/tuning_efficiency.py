@@ -104,7 +104,7 @@ def run_ours(setup: str, seed: int, args: argparse.Namespace, work: Path) -> dic
             raise StopTrial("timeout", "the benchmark's wall budget is spent")
 
     run_study(spec, space, task, events=RunEvents(on_epoch=on_epoch))
-    study = open_study(spec, create=False, heartbeat=False)
+    study = open_study(spec, create=False)
     events, counts = [], {"complete": 0, "pruned": 0, "cut": 0, "failed": 0}
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.COMPLETE and t.datetime_complete is not None:
