@@ -17,7 +17,9 @@ from signtune import interrupts
 @pytest.fixture
 def handlers() -> Iterator[None]:
     interrupts.reset()
-    interrupts.install()
+    # As a worker does: take SIGINT even when this test run was started with it ignored (a
+    # background job, as CI may start it).
+    interrupts.install(child=True)
     try:
         yield
     finally:
