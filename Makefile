@@ -17,13 +17,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/study run --trials 30 --subset 0.3
 
-# The default tier: everything but the `slow` tests (<= 5 min on 2 cores).
+# The default tier: everything but the `slow` tests (about 7.5 min on 2 cores).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=5
 
-# The slow tier (whole studies, promote-best, soak, browser); CI runs it after `make test`.
+# The slow tier (whole studies, promote-best, chaos, soak, browser, the GPU check's CPU dry run);
+# CI runs it after `make test`.
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
