@@ -37,7 +37,8 @@ def main() -> int:
     (work / "studies" / "demo" / "study.yaml").write_text(spec)
     env = {**os.environ, "COLUMNS": "200"}
     trials = 2
-    base = [sys.executable, "-m", "signtune", "run", "--workers", str(args.workers), "--subset", "0.05", "--epochs", "1"]
+    base = [sys.executable, "-m", "signtune", "run", "--workers", str(args.workers)]
+    base += ["--subset", "0.05", "--epochs", "1"]
     subprocess.run([*base, "--trials", str(trials)], cwd=work, env=env, capture_output=True, check=True)
     tracebacks = 0
     for at in args.at:
