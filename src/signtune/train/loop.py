@@ -152,8 +152,10 @@ def fit(
         cfg: the whole config.
         data: the splits and the tokenizer.
         report: called after each epoch as ``report(epoch, metrics)`` (epochs count from 1)
-            with ``train_loss``, ``val_bleu``, ``val_chrf``, ``lr``, ``epoch_time_s`` (training
-            only) and ``eval_time_s``. It may raise ``StopTrial`` (e.g. pruned) to end the run;
+            with ``train_loss``, ``val_bleu``, ``val_chrf``, ``val_loss`` (teacher-forced
+            token NLL on the val split, no label smoothing: a signal that moves from the first
+            epoch, when greedy BLEU is still 0), ``lr``, ``epoch_time_s`` (training only) and
+            ``eval_time_s`` (decoding and the loss). It may raise ``StopTrial`` (e.g. pruned) to end the run;
             the exception propagates.
         device: overrides ``cfg.run.device``.
         should_stop: asked after each epoch; True ends training early (the result is kept).
@@ -220,6 +222,10 @@ def fit(
     )
 
     val_cfg = dataclasses.replace(cfg.eval, max_len=validation_max_len(cfg.eval, data.train))
+    # Fixed batches for the per-epoch validation loss (sorted by length, no shuffle).
+    val_batches = make_batches(
+        data.val, cfg.eval.batch_size, shuffle=False, seed=0, max_frames=cfg.data.max_frames, specials=specials
+    )
     history: list[dict[str, float]] = []
     best: dict[str, float] = {}
     bleu_signature = ""
@@ -293,6 +299,7 @@ def fit(
             amp=amp,
             max_frames=cfg.data.max_frames,
         )
+        val_loss = teacher_forced_loss(model, val_batches, specials.pad, device, amp)
         eval_time = time.perf_counter() - eval_started
         bleu_signature = str(scores["bleu_signature"])
 
@@ -300,6 +307,7 @@ def fit(
             "train_loss": train_loss,
             "val_bleu": float(scores["bleu"]),
             "val_chrf": float(scores["chrf"]),
+            "val_loss": val_loss,
             # The base lr (ratio-1 groups) of the epoch's last step.
             "lr": cfg.optim.lr * scheduler.lr_lambdas[0](step - 1),
             "epoch_time_s": epoch_time,
@@ -339,6 +347,31 @@ def fit(
         bleu_signature=bleu_signature,
         model=model,
     )
+
+
+@torch.no_grad()
+def teacher_forced_loss(
+    model: SignModel, batches: list[Any], pad_id: int, device: torch.device, amp: bool = False
+) -> float:
+    """Mean token NLL of the references given the previous reference tokens (no label smoothing).
+
+    Returns:
+        The loss per target token over all ``batches``; NaN when they hold no token.
+    """
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), device=device, dtype=torch.float64)
+    tokens = 0
+    for cpu_batch in batches:
+        batch = cpu_batch.to(device)
+        with _autocast(device, amp):
+            logits = model(batch.src, batch.src_mask, batch.tgt_in)
+        total += F.cross_entropy(
+            logits.float().flatten(0, 1), batch.tgt_out.flatten(), ignore_index=pad_id, reduction="sum"
+        ).double()
+        tokens += int((batch.tgt_out != pad_id).sum())
+    model.train(was_training)
+    return float(total.item() / tokens) if tokens else math.nan
 
 
 def _pad_frames(features: list[np.ndarray], max_frames: int | None) -> tuple[torch.Tensor, torch.Tensor]:
