@@ -48,8 +48,8 @@ def test_cli_overrides_win(study_dir: Path) -> None:
 
 INVALID = [
     ({"samplr": {"name": "tpe"}}, "samplr", "is not a known key"),
-    ({"sampler/name": "tpee"}, "sampler.name", "must be one of ['tpe', 'random']"),
-    ({"pruner/name": "sha"}, "pruner.name", "must be one of ['median', 'hyperband', 'none']"),
+    ({"sampler/name": "tpee"}, "sampler.name", "must be one of ['auto', 'tpe', 'random', 'gp']"),
+    ({"pruner/name": "asha"}, "pruner.name", "must be one of ['auto', 'median', 'hyperband', 'sha', 'none']"),
     ({"budget/trials": 0}, "budget.trials", "must be >= 1"),
     ({"budget/subset": 1.5}, "budget.subset", "must be in (0, 1]"),
     ({"fixed/optim.lr": "1e-5"}, "fixed.optim.lr", "write 1.0e-5"),

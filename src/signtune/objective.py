@@ -22,6 +22,7 @@ from signtune.hosts import host_id
 from signtune.recorder import TRACKING_OFF_AFTER, Heartbeat, TrackingHealth, TrialRecorder
 from signtune.space import SearchSpace, suggest
 from signtune.spec import StudySpec
+from signtune.study import pruning_metric, pruning_value
 from signtune.tasks import Task, TrialContext
 from signtune.tracking import MetricLogger
 
@@ -58,6 +59,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         spec = self.spec
         metric = spec.objective.metric
+        prune_metric = pruning_metric(spec)[0]
         rec = TrialRecorder(trial, self.tracker, self.health)
         owner: dict[str, Any] = {"host": host_id(), "worker": self.worker_id, "pid": os.getpid()}
         if self.supervisor_pid:
@@ -97,22 +99,27 @@ class Objective:
             watchdog.beat()
             if fault and epoch == 1:
                 inject(fault)
-            if metric not in metrics:
-                raise ValueError(f"report({epoch}, ...) got metrics {sorted(metrics)} but the objective is {metric!r}")
+            for name, role in ((metric, "the objective"), (prune_metric, "pruner.metric")):
+                if name not in metrics:
+                    raise ValueError(f"report({epoch}, ...) got metrics {sorted(metrics)} but {role} is {name!r}")
             value = float(metrics[metric])
             # Storage and tracking writes are never cut by Ctrl-C; a stop requested meanwhile is
             # raised when they end, back in the training.
             # The watchdog holds its alarm meanwhile: a storage write waiting on a lock, MLflow's
             # first import and store set-up are not the task hanging, and are never cut.
             with interrupts.protected(), watchdog.paused():
-                trial.report(value, epoch)
+                # What the pruner compares: the pruning metric, signed for the study's direction.
+                trial.report(pruning_value(spec, metrics), epoch)
                 rec.log_epoch(epoch, metrics)
                 if self.on_epoch is not None:
                     self.on_epoch(trial.number, epoch, metrics)
             if not math.isfinite(value):
                 raise StopTrial("diverged", f"{metric} is {value} at epoch {epoch}")
             if trial.should_prune():
-                raise StopTrial("pruned", f"{metric}={value:.2f} at epoch {epoch} is below the pruner's threshold")
+                shown = float(metrics[prune_metric])
+                raise StopTrial(
+                    "pruned", f"{prune_metric}={shown:.4g} at epoch {epoch} is worse than the pruner's threshold"
+                )
 
         ctx = TrialContext(
             device=self.device,

@@ -46,14 +46,24 @@ class ObjectiveSpec:
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    name: Literal["tpe", "random"] = "tpe"
+    # auto: chosen from the budget (signtune.study.resolve_strategy); gp: Optuna's GPSampler.
+    name: Literal["auto", "tpe", "random", "gp"] = "auto"
     seed: int = 0
-    n_startup_trials: int = 8
+    n_startup_trials: int | None = None  # None: sized to budget.trials
 
 
 @dataclass(frozen=True)
 class PrunerSpec:
-    name: Literal["median", "hyperband", "none"] = "median"
+    # auto: chosen from the budget and epochs; sha: successive halving with rungs at
+    # min_resource * reduction_factor**k epochs.
+    name: Literal["auto", "median", "hyperband", "sha", "none"] = "auto"
+    # What the pruner compares after each epoch: a metric the task reports, e.g. val_loss
+    # (teacher-forced, informative from epoch 1) while the objective stays val_bleu. None: the
+    # objective's metric.
+    metric: str | None = None
+    # The metric's better direction; None: the objective's for its own metric, else minimize
+    # for names ending in "loss" and maximize otherwise.
+    direction: Literal["maximize", "minimize"] | None = None
     n_startup_trials: int = 5
     n_warmup_steps: int = 2
     min_resource: int = 1
@@ -400,6 +410,12 @@ def load_spec(study: str | Path | None = None, overrides: dict[str, Any] | None 
         r.add("budget.trial_timeout", f"must be > 0 seconds, but got {budget.trial_timeout}", "omit it for none")
     if budget.timeout is not None and budget.timeout <= 0:
         r.add("budget.timeout", f"must be > 0 seconds, but got {budget.timeout}", "omit it for no time limit")
+    if sampler.n_startup_trials is not None and sampler.n_startup_trials < 0:
+        r.add(
+            "sampler.n_startup_trials",
+            f"must be >= 0, but got {sampler.n_startup_trials}",
+            "omit it to size it to the budget",
+        )
     if pruner.n_warmup_steps < 0 or pruner.n_startup_trials < 0:
         r.add("pruner", "n_warmup_steps and n_startup_trials must be >= 0", "use 0 or more")
     if pruner.reduction_factor < 2:

@@ -74,14 +74,57 @@ def load_def(study: str | None, overrides: dict[str, Any]) -> StudyDef:
 # --- samplers and pruners, by name ------------------------------------------------------------
 
 
+def startup_trials(spec: StudySpec) -> int:
+    """Random trials before the model-based sampler takes over: the spec's, or sized to the budget.
+
+    A tenth of ``budget.trials``, at least 4 and at most 10 (Optuna's default): with 30 trials,
+    TPE starts modelling at the 4th instead of the 9th.
+    """
+    if spec.sampler.n_startup_trials is not None:
+        return spec.sampler.n_startup_trials
+    return max(4, min(10, spec.budget.trials // 10))
+
+
+def resolve_strategy(spec: StudySpec) -> StudySpec:
+    """``spec`` with ``sampler: auto`` and ``pruner: auto`` replaced by what they stand for.
+
+    The choice was made on the replay benchmark (``python -m benchmarks.replay``; RESULTS.md):
+    TPE with a start-up sized to the budget, and a median pruner on ``pruner.metric`` (the
+    objective's metric unless the spec names another, e.g. val_loss) from the first epoch,
+    once a few trials have finished; no pruning with fewer than 3 epochs.
+    """
+    import dataclasses
+
+    sampler, pruner = spec.sampler, spec.pruner
+    if sampler.name == "auto":
+        sampler = dataclasses.replace(sampler, name="tpe")
+    if pruner.name == "auto":
+        if spec.epochs < 3:
+            pruner = dataclasses.replace(pruner, name="none")
+        else:
+            pruner = dataclasses.replace(pruner, name="median", n_startup_trials=AUTO_PRUNER_STARTUP, n_warmup_steps=0)
+    if sampler is spec.sampler and pruner is spec.pruner:
+        return spec
+    return dataclasses.replace(spec, sampler=sampler, pruner=pruner)
+
+
+AUTO_PRUNER_STARTUP = 3  # finished trials before ``pruner: auto`` prunes
+
+
 def _tpe(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
     # Optuna 5's TPE is multivariate with constant liar by default: parallel workers do not
     # all sample the same point while earlier trials are still running.
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.sampler.n_startup_trials)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(spec))
+
+
+def _gp(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
+    # GPSampler learns from complete trials only: a pruned trial teaches it nothing.
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup_trials(spec), warn_independent_sampling=False)
 
 
 SAMPLERS: dict[str, Callable[[StudySpec, int], optuna.samplers.BaseSampler]] = {
     "tpe": _tpe,
+    "gp": _gp,
     "random": lambda spec, seed: optuna.samplers.RandomSampler(seed=seed),
 }
 
@@ -93,17 +136,44 @@ PRUNERS: dict[str, Callable[[StudySpec], optuna.pruners.BasePruner]] = {
     "hyperband": lambda spec: optuna.pruners.HyperbandPruner(
         min_resource=spec.pruner.min_resource, max_resource=spec.epochs, reduction_factor=spec.pruner.reduction_factor
     ),
+    "sha": lambda spec: optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=spec.pruner.min_resource, reduction_factor=spec.pruner.reduction_factor
+    ),
 }
 
 
 def build_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """The spec's sampler. Each worker process passes its own ``seed_offset``: samplers seeded
     alike in several processes would propose the same configs in parallel."""
+    spec = resolve_strategy(spec)
     return SAMPLERS[spec.sampler.name](spec, spec.sampler.seed + seed_offset)
 
 
 def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    spec = resolve_strategy(spec)
     return PRUNERS[spec.pruner.name](spec)
+
+
+def pruning_metric(spec: StudySpec) -> tuple[str, str]:
+    """The metric the pruner compares, and its better direction."""
+    metric = spec.pruner.metric or spec.objective.metric
+    if spec.pruner.direction is not None:
+        return metric, spec.pruner.direction
+    if metric == spec.objective.metric:
+        return metric, spec.objective.direction
+    return metric, "minimize" if metric.endswith("loss") else "maximize"
+
+
+def pruning_value(spec: StudySpec, metrics: dict[str, float]) -> float:
+    """The intermediate value a trial reports after an epoch: the pruning metric, negated when
+    it runs against the study's direction (Optuna's pruners compare in the study's direction).
+
+    Raises:
+        KeyError: the task's report lacks the metric.
+    """
+    metric, direction = pruning_metric(spec)
+    value = float(metrics[metric])
+    return value if direction == spec.objective.direction else -value
 
 
 # --- opening ----------------------------------------------------------------------------------

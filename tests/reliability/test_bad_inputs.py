@@ -175,12 +175,12 @@ CASES: dict[str, Row] = {
         spec=("run.epochs: 1", f"run.epochs: 1\n  model.d_model: 'postgresql+psycopg://u:{SECRET}@h/db'"),
     ),
     "spec-bad-sampler": Row(
-        RUN, ("sampler.name: must be one of ['tpe', 'random'], but got 'tpee'",), spec=("name: tpe", "name: tpee")
+        RUN, ("sampler.name: must be one of ['auto', 'tpe', 'random', 'gp'], but got 'tpee'",), spec=("name: tpe", "name: tpee")
     ),
     "spec-bad-pruner": Row(
         RUN,
-        ("pruner.name: must be one of ['median', 'hyperband', 'none'], but got 'sha'",),
-        spec=("name: median", "name: sha"),
+        ("pruner.name: must be one of ['auto', 'median', 'hyperband', 'sha', 'none'], but got 'asha'",),
+        spec=("name: median", "name: asha"),
     ),
     "spec-bad-direction": Row(
         RUN,

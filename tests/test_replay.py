@@ -1,0 +1,226 @@
+"""The replay benchmark's harness and the strategy defaults it chose (``sampler/pruner: auto``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from benchmarks import replay
+from benchmarks.lc_table import configs
+from benchmarks.mfhartmann import MFHartmann
+
+from signtune.spec import PrunerSpec, SamplerSpec, load_spec
+from signtune.study import (
+    build_pruner,
+    build_sampler,
+    pruning_metric,
+    pruning_value,
+    resolve_strategy,
+    startup_trials,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "studies" / "demo" / "study.yaml"
+
+
+def _fake_row(cid: str, params: dict, epochs: int = replay.EPOCHS) -> dict:
+    """A curve shaped like the demo's: higher lr (to 5e-3) and more layers learn faster."""
+    skill = -abs(math.log10(params["optim.lr"]) - math.log10(5e-3)) + 0.3 * params["model.num_decoder_layers"]
+    rows = []
+    for e in range(1, epochs + 1):
+        rows.append(
+            {
+                "val_bleu": round(max(0.0, 10 * (skill + 1) * e / epochs), 3),
+                "val_loss": round(4 - (skill + 1) * e / epochs, 3),
+                "train_loss": 1.0,
+                "wall_s": 1.0,
+                "cpu_s": 1.0 + params["model.d_model"] / 128,
+            }
+        )
+    return {"id": cid, "params": params, "status": "complete", "n_params": 1, "epochs": rows}
+
+
+@pytest.fixture(scope="module")
+def tiny_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("table") / "lc.jsonl"
+    path.write_text("".join(json.dumps(_fake_row(cid, p)) + "\n" for cid, p in configs(40)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo(tiny_table: Path) -> replay.Problem:
+    return replay.demo_problem(tiny_table)
+
+
+def _run(problem: replay.Problem, setup: str, trials: int, workers: int, seed: int) -> list[replay.TrialLog]:
+    spec = replay.make_spec(problem, replay.strategies(problem)[setup], trials, seed)
+    return replay.replay(problem, spec, workers)
+
+
+def _trace(logs: list[replay.TrialLog]) -> list[tuple]:
+    return [(t.number, json.dumps(t.params, sort_keys=True), t.state, t.value, t.started, t.ended) for t in logs]
+
+
+def test_harness_is_deterministic_per_seed(demo: replay.Problem) -> None:
+    a = _run(demo, "new", 20, 2, seed=3)
+    b = _run(demo, "new", 20, 2, seed=3)
+    c = _run(demo, "new", 20, 2, seed=4)
+    assert _trace(a) == _trace(b)
+    assert _trace(a) != _trace(c)
+    assert len(a) == 20
+
+
+def test_table_rows_replay_their_own_curve(demo: replay.Problem, tiny_table: Path) -> None:
+    row = json.loads(tiny_table.read_text().splitlines()[5])
+    curve = demo.curve(row["params"])
+    assert [m["val_bleu"] for m in curve.metrics] == [e["val_bleu"] for e in row["epochs"]]
+    assert curve.cost == [e["cpu_s"] for e in row["epochs"]]
+
+
+def test_simulated_clock_runs_workers_in_parallel(demo: replay.Problem) -> None:
+    one = _run(demo, "random", 12, 1, seed=0)
+    four = _run(demo, "random", 12, 4, seed=0)
+    # Random search without pruning trains the same 12 configs either way (the sampler's seed
+    # offset changes only which worker draws what, so compare the total work instead).
+    assert sum(t.ended - t.started for t in one) == pytest.approx(max(t.ended for t in one))
+    assert max(t.ended for t in four) < 0.5 * sum(t.ended - t.started for t in four)
+    starts = sorted(t.started for t in four)[:4]
+    assert starts == [0.0, 0.0, 0.0, 0.0]  # four trials run at once from the start
+
+
+def test_known_good_configs_are_tried_first(demo: replay.Problem) -> None:
+    logs = sorted(_run(demo, "new", 10, 1, seed=0), key=lambda t: t.number)
+    assert [t.params for t in logs[: len(demo.known_good)]] == demo.known_good
+    baseline = sorted(_run(demo, "random", 10, 1, seed=0), key=lambda t: t.number)
+    assert baseline[0].params not in demo.known_good  # plain random search has no priors
+
+
+def test_no_duplicate_suggestions_with_four_workers(demo: replay.Problem) -> None:
+    logs = _run(demo, "new", 60, 4, seed=1)
+    keys = [json.dumps(t.params, sort_keys=True) for t in logs]
+    assert len(keys) == 60
+    assert len(set(keys)) == len(keys)
+
+
+def test_pruning_on_val_loss_prunes_from_the_first_epoch(demo: replay.Problem) -> None:
+    logs = _run(demo, "new", 40, 1, seed=0)
+    pruned = [t for t in logs if t.state == "pruned"]
+    assert pruned, "the median pruner on val_loss pruned nothing"
+    assert min(t.epochs for t in pruned) == 1  # warm-up 0: bad curves stop after one epoch
+    spec = replay.make_spec(demo, replay.strategies(demo)["new"], 40, 0)
+    assert pruning_metric(spec) == ("val_loss", "minimize")
+
+
+def test_time_to_target_and_best_so_far() -> None:
+    problem = replay.hartmann_problem(3, "good")
+    logs = [
+        replay.TrialLog(0, {}, "complete", -1.0, 0.0, 2.0, 8),
+        replay.TrialLog(1, {}, "pruned", None, 2.0, 2.5, 1),
+        replay.TrialLog(2, {}, "complete", -3.5, 2.5, 4.0, 8),
+        replay.TrialLog(3, {}, "complete", -2.0, 4.0, 6.0, 8),
+    ]
+    curve = replay.best_so_far(problem, logs)
+    assert curve == [(2.0, -1.0), (4.0, -3.5)]
+    assert replay.time_to_target(problem, curve) == 4.0  # the target is about -2.97
+    assert math.isinf(replay.time_to_target(problem, curve[:1]))
+
+
+def test_mf_hartmann_matches_mf_prior_bench() -> None:
+    ref = json.loads((ROOT / "benchmarks" / "data" / "mfhartmann_reference.json").read_text())
+    fns = {3: MFHartmann(3), 6: MFHartmann(6)}
+    assert len(ref["points"]) >= 100
+    for p in ref["points"]:
+        assert fns[p["dims"]](p["z"], tuple(p["x"])) == pytest.approx(p["value"], abs=1e-12)
+        assert MFHartmann.cost(p["z"]) == pytest.approx(p["cost"], abs=1e-12)
+    assert fns[3](100, fns[3].optimum) == pytest.approx(-3.86278, abs=1e-4)
+    assert fns[6](100, fns[6].optimum) == pytest.approx(-3.32237, abs=1e-4)
+
+
+def test_hartmann_priors_are_good_and_bad() -> None:
+    good, bad = replay.hartmann_problem(6, "good"), replay.hartmann_problem(6, "bad")
+    assert good.notes["prior_value"] < good.target < bad.notes["prior_value"]
+
+
+# --- the strategy choice, per budget ------------------------------------------------------------
+
+
+def _spec(trials: int, epochs: int = 8, sampler: dict | None = None, pruner: dict | None = None):
+    over = {"budget.trials": trials, "fixed.run.epochs": epochs}
+    if sampler is not None:
+        over["sampler"] = sampler
+    if pruner is not None:
+        over["pruner"] = pruner
+    return load_spec(DEMO, over)
+
+
+@pytest.mark.parametrize(("trials", "startup"), [(10, 4), (20, 4), (30, 4), (60, 6), (100, 10), (500, 10)])
+def test_startup_is_sized_to_the_budget(trials: int, startup: int) -> None:
+    spec = _spec(trials, sampler={"name": "auto"})
+    assert startup_trials(spec) == startup
+    sampler = build_sampler(spec)
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._n_startup_trials == startup
+    assert startup_trials(_spec(trials, sampler={"name": "tpe", "n_startup_trials": 8})) == 8  # explicit wins
+
+
+@pytest.mark.parametrize(
+    ("epochs", "pruner"),
+    [(1, optuna.pruners.NopPruner), (2, optuna.pruners.NopPruner), (8, optuna.pruners.MedianPruner)],
+)
+def test_auto_pruner_follows_the_epochs(epochs: int, pruner: type) -> None:
+    spec = _spec(30, epochs, pruner={"name": "auto", "metric": "val_loss"})
+    assert isinstance(build_pruner(spec), pruner)
+    resolved = resolve_strategy(spec)
+    assert resolved.pruner.name in ("median", "none")
+    assert resolved.sampler.name == "tpe"
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("median", optuna.pruners.MedianPruner),
+        ("hyperband", optuna.pruners.HyperbandPruner),
+        ("sha", optuna.pruners.SuccessiveHalvingPruner),
+        ("none", optuna.pruners.NopPruner),
+    ],
+)
+def test_explicit_pruners_keep_working(name: str, cls: type) -> None:
+    spec = _spec(30, pruner={"name": name})
+    assert isinstance(build_pruner(spec), cls)
+    assert resolve_strategy(spec).pruner == spec.pruner
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler), ("gp", optuna.samplers.GPSampler)],
+)
+def test_explicit_samplers_keep_working(name: str, cls: type) -> None:
+    assert isinstance(build_sampler(_spec(30, sampler={"name": name})), cls)
+
+
+def test_pruning_value_is_signed_for_the_study_direction() -> None:
+    spec = _spec(30, pruner={"name": "median", "metric": "val_loss"})
+    assert spec.objective.direction == "maximize"
+    assert pruning_value(spec, {"val_bleu": 3.0, "val_loss": 2.5}) == -2.5
+    same = dataclasses.replace(spec, pruner=PrunerSpec(name="median"))
+    assert pruning_value(same, {"val_bleu": 3.0, "val_loss": 2.5}) == 3.0
+    told = dataclasses.replace(spec, pruner=PrunerSpec(name="median", metric="val_chrf", direction="maximize"))
+    assert pruning_value(told, {"val_chrf": 30.0}) == 30.0
+
+
+def test_defaults_are_auto() -> None:
+    assert SamplerSpec().name == "auto" and SamplerSpec().n_startup_trials is None
+    assert PrunerSpec().name == "auto"
+
+
+def test_replay_summary_ratios() -> None:
+    assert replay.ratio(100.0, 25.0) == 4.0
+    assert replay.ratio(math.inf, 10.0) == math.inf
+    assert replay.ratio(10.0, math.inf) == 0.0
+    assert math.isnan(replay.ratio(math.inf, math.inf))
+    assert np.isfinite(replay.ratio(3.0, 1.5))
