@@ -207,7 +207,10 @@ def summary(table: Path) -> int:
     rows = read_table(table)
     final = [r["epochs"][-1]["val_bleu"] for r in rows if r["status"] == "complete" and len(r["epochs"]) == EPOCHS]
     cpu = [sum(e["cpu_s"] for e in r["epochs"]) for r in rows if r["epochs"]]
-    print(f"{len(rows)} configs, {len(final)} complete at {EPOCHS} epochs, {sum(r['status'] == 'diverged' for r in rows)} diverged")
+    print(
+        f"{len(rows)} configs, {len(final)} complete at {EPOCHS} epochs, "
+        f"{sum(r['status'] == 'diverged' for r in rows)} diverged"
+    )
     if final:
         q = statistics.quantiles(final, n=20)
         print(f"final val BLEU: median {statistics.median(final):.1f}, p95 {q[-1]:.1f}, max {max(final):.1f}")
@@ -220,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", type=int, default=200, help="random configs (beside enqueued and recipe)")
     p.add_argument("--workers", type=int, default=2, help="configs trained at once, one thread each")
     p.add_argument("--table", default=str(TABLE))
-    p.add_argument("--data", default=str(ROOT / "studies" / "demo" / "data"), help="the demo's data (generated if missing)")
+    p.add_argument(
+        "--data", default=str(ROOT / "studies" / "demo" / "data"), help="the demo's data (generated if missing)"
+    )
     p.add_argument("--summary", action="store_true", help="print what the table holds")
     args = p.parse_args(argv)
     if args.summary:

@@ -271,6 +271,15 @@ def strategies(problem: Problem) -> dict[str, dict[str, Any]]:
         },
         "gp": {"sampler": {"name": "gp", "n_startup_trials": 10}, "pruner": {"name": "none"}, "enqueue": None},
         "new": {"sampler": {"name": "auto"}, "pruner": new_pruner, "enqueue": "known"},
+        # Variants that isolate one choice of ``new`` (not run unless named in --setups).
+        "new-no-priors": {"sampler": {"name": "auto"}, "pruner": new_pruner, "enqueue": None},
+        "new-objective-signal": {"sampler": {"name": "auto"}, "pruner": {"name": "auto"}, "enqueue": "known"},
+        "new-sha": {
+            "sampler": {"name": "auto"},
+            "pruner": {**new_pruner, "name": "sha", "min_resource": 1, "reduction_factor": 3},
+            "enqueue": "known",
+        },
+        "new-startup-10": {"sampler": {"name": "tpe", "n_startup_trials": 10}, "pruner": new_pruner, "enqueue": "known"},
     }
 
 
@@ -494,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full", action="store_true", help="also GP at 100 trials / 4 workers, Hartmann with 4 workers")
     p.add_argument("--out", default=str(OUT), help="folder for results.json and the curves")
     p.add_argument("--quick", action="store_true", help="30 trials, 1 worker: a smoke run")
+    p.add_argument("--into", default=None, help="splice the section into this RESULTS.md (benchmarks/RESULTS.md)")
     args = p.parse_args(argv)
     if args.quick:
         args.trials, args.workers = [30], [1]

@@ -16,7 +16,10 @@ The demo problem made smaller to fit the suite: ``--subset`` of the demo's 3000 
   sees the final epoch's 30-clip BLEU. For comparability each finished trial's final model is
   ALSO scored on the whole val split with our ``evaluate``, off the clock, after the budget;
   the curves use that whole-split score (the 30-clip score is recorded too);
-- ``random``: ``run_study`` with ``RandomSampler(seed)`` and no pruner, our ``fit``.
+- ``random``: ``run_study`` with ``RandomSampler(seed)`` and no pruner, our ``fit``;
+- ``today``: ``run_study`` with the demo's strategy before ``sampler/pruner: auto`` (TPE with 8
+  start-up trials, median pruner on val BLEU after 5 trials and 2 warm-up epochs, the one
+  hand-tuned config enqueued).
 
 All three queue the demo spec's ``enqueue`` config (the hand-tuned script's defaults) first,
 and MLflow tracking is off for all. The three set-ups of one seed run AT THE SAME TIME, one
@@ -39,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SETUPS = ("ours", "plain_tpe", "random")
+SETUPS = ("ours", "plain_tpe", "random", "today")
 TARGET_VS_PLAIN = 3.0
 TARGET_VS_RANDOM = 6.0
 NAIVE_VAL_CLIPS = 30
@@ -64,8 +67,12 @@ def _spec(setup: str, seed: int, args: argparse.Namespace, work: Path) -> Any:
     raw["fixed"].update({"run.epochs": args.epochs, "run.threads": 1, "run.device": "cpu"})
     raw["sampler"]["seed"] = seed
     if setup == "random":
-        raw["sampler"]["name"] = "random"
+        raw["sampler"] = {"name": "random", "seed": seed}
         raw["pruner"] = {"name": "none"}
+    if setup == "today":  # the demo's strategy before sampler/pruner auto, and its one enqueued config
+        raw["sampler"] = {"name": "tpe", "seed": seed, "n_startup_trials": 8}
+        raw["pruner"] = {"name": "median", "n_startup_trials": 5, "n_warmup_steps": 2}
+        raw["enqueue"] = raw["enqueue"][:1]
     raw["budget"] = {"trials": 100_000, "subset": args.subset, "timeout": float(args.budget)}
     raw["storage"] = f"sqlite:///{work / 'study.db'}"
     raw["tracking"] = {"enabled": False}

@@ -236,13 +236,13 @@ def render(summary: dict[str, Any], parts: dict[str, dict[str, Any]]) -> str:
     return "\n\n".join(head + body) + "\n"
 
 
-def splice(results_md: str, section: str) -> str:
-    """``results_md`` with the text between the GPU markers replaced by ``section`` (markers added
-    before ``## Suite timing``, or at the end, when missing)."""
-    block = f"{BEGIN}\n\n{section.strip()}\n\n{END}"
-    if BEGIN in results_md and END in results_md:
-        before = results_md[: results_md.index(BEGIN)]
-        after = results_md[results_md.index(END) + len(END):]
+def splice(results_md: str, section: str, begin: str = BEGIN, end: str = END) -> str:
+    """``results_md`` with the text between the markers (the GPU's by default) replaced by
+    ``section`` (markers added before ``## Suite timing``, or at the end, when missing)."""
+    block = f"{begin}\n\n{section.strip()}\n\n{end}"
+    if begin in results_md and end in results_md:
+        before = results_md[: results_md.index(begin)]
+        after = results_md[results_md.index(end) + len(end):]
         return before + block + after
     anchor = "## Suite timing"
     if anchor in results_md:
