@@ -242,12 +242,29 @@ def test_negligible_importance_is_fixed_at_the_best_value(tmp_path: Path) -> Non
     assert "drop" in r.params  # 0.03 is above the threshold
 
 
+def test_importance_fixes_at_most_half_the_params_least_important_first(tmp_path: Path) -> None:
+    space = space_of(tmp_path)  # 8 params: at most 4 fixed
+    imp = {
+        "optim.lr": 0.9,
+        "x": 0.001,
+        "layers": 0.002,
+        "width": 0.003,
+        "drop": 0.004,
+        "d_model": 0.005,
+        "sched": 0.006,
+    }
+    r = refine_space(space, trials_of(space, TOP + REST), 3, imp)
+    assert sorted(k for k, rule in r.rules.items() if "importance" in rule) == ["drop", "layers", "width", "x"]
+    assert "d_model" in r.params and "sched" in r.params
+
+
 def test_importances_need_enough_trials(tmp_path: Path) -> None:
     space = space_of(
         tmp_path, "params:\n  a: {type: float, low: 0.0, high: 1.0}\n  b: {type: float, low: 0.0, high: 1.0}\n"
     )
     study = optuna.create_study(direction="maximize")
     rng = __import__("random").Random(0)
+    assert IMPORTANCE_MIN_TRIALS >= 2 * 2  # two params: the floor is the larger rule
     for i in range(IMPORTANCE_MIN_TRIALS):
         a, b = rng.random(), rng.random()
         if i == IMPORTANCE_MIN_TRIALS - 1:

@@ -35,7 +35,9 @@ NARROW_PAD = 0.5  # a narrowed range pads the top-k's span by this fraction of t
 MIN_WIDTH = 0.2  # ...and keeps at least this fraction of the parent's (log) width, where the bounds allow
 WIDEN_FRACTION = 0.25  # a crowded edge moves out by this fraction of the parent's (log) width
 NEGLIGIBLE_IMPORTANCE = 0.02  # a parameter below this share of the importance is fixed at the best value
-IMPORTANCE_MIN_TRIALS = 10  # fewer complete trials than this: importances are noise, nothing is fixed
+IMPORTANCE_MIN_TRIALS = 10  # fewer complete trials than this: importances are noise, nothing is fixed...
+IMPORTANCE_TRIALS_PER_PARAM = 2  # ...nor fewer than this many per searched param (fANOVA's forest needs them)
+MAX_FIXED_SHARE = 0.5  # importance fixes at most this share of the params, the least important first
 SIGNIFICANT_DIGITS = 3  # narrowed float bounds are rounded outward to this many digits
 
 
@@ -75,12 +77,14 @@ class Advice:
 
 
 def param_importances(study: optuna.Study) -> dict[str, float] | None:
-    """fANOVA importances (seeded), or None with fewer than ``IMPORTANCE_MIN_TRIALS`` complete trials.
+    """fANOVA importances (seeded), or None with fewer complete trials than ``IMPORTANCE_MIN_TRIALS``
+    or than ``IMPORTANCE_TRIALS_PER_PARAM`` per param.
 
     Conditional parameters are absent: Optuna measures the params every complete trial has.
     """
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    if len(complete) < IMPORTANCE_MIN_TRIALS:
+    n_params = len({name for t in complete for name in t.params})
+    if len(complete) < max(IMPORTANCE_MIN_TRIALS, IMPORTANCE_TRIALS_PER_PARAM * n_params):
         return None
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
@@ -298,6 +302,10 @@ def refine_space(
     dropped: list[str] = []
     rules: dict[str, str] = {}
     choices_left: dict[str, list[Any]] = {}  # searched categoricals -> their child choices
+    negligible = sorted(
+        (imp, name) for name, imp in (importances or {}).items() if imp < NEGLIGIBLE_IMPORTANCE and name in best.params
+    )
+    to_fix = {name: imp for imp, name in negligible[: int(MAX_FIXED_SHARE * len(space.params))]}
     for p in space.params:
         when, reason = _follow_condition(p, params, fixed, dropped, choices_left)
         if reason is not None:
@@ -305,8 +313,8 @@ def refine_space(
             rules[p.name] = reason
             continue
         values = [t.params[p.name] for t in top if p.name in t.params]
-        imp = (importances or {}).get(p.name)
-        if imp is not None and imp < NEGLIGIBLE_IMPORTANCE and p.name in best.params:
+        imp = to_fix.get(p.name)
+        if imp is not None:
             fixed[p.name] = best.params[p.name]
             rules[p.name] = f"fixed: importance {imp:.3f} < {NEGLIGIBLE_IMPORTANCE}"
             continue
