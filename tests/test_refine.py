@@ -546,3 +546,12 @@ def test_rendered_yaml_keeps_float_dots(tmp_path: Path) -> None:
 
     assert _yaml({"low": 1.0e-5}) == "{low: 1.0e-05}"
     assert yaml.safe_load(_yaml({"low": 1.0e-5}))["low"] == 1.0e-5
+
+
+def test_storage_flag_puts_the_child_on_another_storage(project: Path) -> None:
+    res = refine("--from", "par", "--storage", "sqlite:///other.db", "--name", "elsewhere")
+    assert res.exit_code == 0, res.output
+    raw = yaml.safe_load((project / "studies" / "elsewhere" / "study.yaml").read_text())
+    assert raw["storage"] == "sqlite:///other.db"
+    assert optuna.get_all_study_names("sqlite:///other.db") == ["elsewhere"]
+    assert names(project) == ["par"]  # the parent's storage gained nothing

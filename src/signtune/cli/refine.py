@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from signtune.refine import Refinement
     from signtune.spec import StudySpec
+    from signtune.study import StudyDef
 
 
 @app.command()
@@ -72,7 +73,7 @@ def refine(
     if problems:
         raise ConfigError(problems)
 
-    parent = _load_parent(from_)
+    parent, parent_space, _ = _load_parent(from_)
     settled, _ = stored_settings(parent, {})
     parent_epochs = int(settled.get("fixed.run.epochs", parent.epochs))
     study = open_study(parent, create=False)
@@ -86,7 +87,7 @@ def refine(
 
     ranked = ranked_trials(study, parent.objective.direction)
     where = f"--from {from_}: study {parent.name!r} in {mask_url(parent.storage)}"
-    refinement = refine_space(_space(parent), ranked, top_k, param_importances(study), where=where)
+    refinement = refine_space(parent_space, ranked, top_k, param_importances(study), where=where)
     file_storage = _file_storage(parent)
     writable = child_storage == file_storage or mask_url(child_storage) == child_storage
     yaml_text = render_study_yaml(
@@ -132,7 +133,7 @@ def refine(
 # --- reading the parent ------------------------------------------------------------------------
 
 
-def _load_parent(from_: str) -> StudySpec:
+def _load_parent(from_: str) -> StudyDef:
     """The parent's spec, on SIGNTUNE_STORAGE when that is set (as every other command reads it)."""
     from signtune.spec import resolve_study_path
 
@@ -142,13 +143,7 @@ def _load_parent(from_: str) -> StudySpec:
         raise ConfigError(
             [Problem(p.where.replace("--study", "--from", 1), p.message, p.fix) for p in exc.problems]
         ) from None
-    return load(str(path), {"storage": os.environ.get("SIGNTUNE_STORAGE") or None}).spec
-
-
-def _space(spec: StudySpec) -> Any:
-    from signtune.study import load_def
-
-    return load_def(str(spec.path), {"storage": spec.storage}).space
+    return load(str(path), {"storage": os.environ.get("SIGNTUNE_STORAGE") or None})
 
 
 def _file_storage(spec: StudySpec) -> str:
