@@ -67,8 +67,9 @@ def test_export_writes_every_file(study_dir: Path) -> None:
         page = (out / f"{name}.html").read_text()
         assert "plotly" in page.lower() and "signtune-unavailable" not in page, name
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["best_params.json", "trials.csv", "report.html", PLOTLY_JS, *(f"{name}.html" for name in PLOTS)]
+        ["best_params.json", "trials.csv", "advice.md", "report.html", PLOTLY_JS, *(f"{name}.html" for name in PLOTS)]
     )
+    assert (out / "advice.md").read_text().startswith(f"# Search-space advice for `{study.study_name}` (top 3)")
 
 
 PLOTLY_BANNER = "* plotly.js v"  # the licence header at the top of plotly.js

@@ -1,4 +1,4 @@
-"""Study exports: ``best_params.json``, ``trials.csv``, HTML plots and ``report.html``.
+"""Study exports: ``best_params.json``, ``trials.csv``, HTML plots, ``advice.md`` and ``report.html``.
 
 plotly.js (~4.8 MB) is written once per export, as ``plotly.min.js`` beside the plot pages
 that load it; ``report.html`` is the one file to mail, with plotly.js inlined once. Nothing
@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from signtune.errors import Problem, StudyError
 from signtune.folders import commit_dir
+from signtune.refine import Advice, advice_markdown, lineage_line, lineage_of, study_advice
 from signtune.spec import StudySpec
 from signtune.storage import mask_url
 from signtune.study import ranked_trials
@@ -50,7 +51,9 @@ def export_study(study: optuna.Study, spec: StudySpec, out_dir: Path | None = No
             from plotly.offline import get_plotlyjs
 
             (tmp / PLOTLY_JS).write_text(get_plotlyjs(), encoding="utf-8")
-        (tmp / "report.html").write_text(report_html(study, spec, figures), encoding="utf-8")
+        advice = _advice(study, spec)
+        (tmp / "advice.md").write_text(advice_markdown(study.study_name, advice), encoding="utf-8")
+        (tmp / "report.html").write_text(report_html(study, spec, figures, advice), encoding="utf-8")
         commit_dir(tmp, out)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -93,6 +96,9 @@ def best_params_doc(study: optuna.Study, spec: StudySpec) -> dict[str, Any]:
         "n_trials": len(study.get_trials(deepcopy=False)),
         "n_complete": len(complete),
     }
+    links = lineage_of(study, spec)
+    if links:
+        doc["lineage"] = links
     if not complete:
         doc.update(value=None, trial=None, params={}, note="no trial completed yet")
         return doc
@@ -206,12 +212,31 @@ REPORT_CSS = (
 )
 
 
-def report_html(study: optuna.Study, spec: StudySpec, figures: dict[str, Any] | None = None) -> str:
-    """The single-file study report: summary, leaderboard, best config, plots, failures, data.
+def _advice(study: optuna.Study, spec: StudySpec) -> list[Advice]:
+    """The search-space advice of ``signtune.refine`` (none when the space no longer parses)."""
+    from signtune.errors import ConfigError
+    from signtune.space import parse
+
+    try:
+        space = parse(spec.search_space)
+    except ConfigError:
+        return []
+    return study_advice(study, spec, space)
+
+
+def report_html(
+    study: optuna.Study,
+    spec: StudySpec,
+    figures: dict[str, Any] | None = None,
+    advice: list[Advice] | None = None,
+) -> str:
+    """The single-file study report: summary, lineage, leaderboard, best config, advice, plots,
+    failures, data.
 
     plotly.js is inlined once, so the file opens offline.
     """
     figures = figures or {name: _figure(study, name) for name in PLOTS}
+    advice = _advice(study, spec) if advice is None else advice
     trials = study.get_trials(deepcopy=False)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     doc = masked(best_params_doc(study, spec))
@@ -229,6 +254,9 @@ def report_html(study: optuna.Study, spec: StudySpec, figures: dict[str, Any] | 
         f"budget {spec.budget.trials} trials, subset {spec.budget.subset}, spec hash {esc(spec.hash())}.</p>",
         "<p>" + ", ".join(f"{k}: {v}" for k, v in counts.items() if v) + "</p>",
     ]
+    links = lineage_of(study, spec)
+    if links:
+        parts.append(f"<p class='signtune-lineage'>{esc(lineage_line(links))}</p>")
     if doc.get("trial") is not None:
         parts += [
             f"<h2>Best: {doc['value']:.3f} (trial {doc['trial']})</h2>",
@@ -237,6 +265,9 @@ def report_html(study: optuna.Study, spec: StudySpec, figures: dict[str, Any] | 
             f"<p>Score signature: <code>{esc(str(doc.get('bleu_signature') or '-'))}</code></p>",
         ]
     parts += ["<h2>Leaderboard</h2>", _leaderboard(study, spec)]
+    if advice:
+        items = "".join(f"<li><b>{esc(a.param)}</b>: {esc(a.finding)}. Fix: {esc(a.fix)}</li>" for a in advice)
+        parts += ["<h2>Search-space advice</h2>", f"<ul class='signtune-advice'>{items}</ul>"]
     parts += ["<h2>Pruned and failed trials</h2>", _reasons(trials)]
     data = study.user_attrs.get("data")
     if isinstance(data, dict) and data:

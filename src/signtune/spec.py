@@ -105,6 +105,36 @@ class PromoteSpec:
 
 
 @dataclass(frozen=True)
+class LineageSpec:
+    """``lineage:``: where a refined study came from (written by ``study refine``).
+
+    Attributes:
+        parent_study: the parent study's name.
+        parent_storage: its storage URL, password masked.
+        parent_spec: its study.yaml, as ``study refine`` was given it.
+        parent_trials: the parent's trials the child was derived from, best first.
+        top_k: how many of them.
+        metric: the parent's objective metric that ranked them.
+        rules: each parent parameter -> the rule that made the child's entry.
+        chain: the parent's own lineage entries (study, storage, trials), nearest first.
+    """
+
+    parent_study: str = ""
+    parent_storage: str = ""
+    parent_spec: str = ""
+    parent_trials: list[int] = field(default_factory=list)
+    top_k: int = 0
+    metric: str = ""
+    rules: dict[str, str] = field(default_factory=dict)
+    chain: list[dict[str, Any]] = field(default_factory=list)
+
+    def links(self) -> list[dict[str, Any]]:
+        """The whole chain, nearest first: this study's parent, then its ancestors."""
+        first = {"study": self.parent_study, "storage": self.parent_storage, "trials": list(self.parent_trials)}
+        return [first, *self.chain]
+
+
+@dataclass(frozen=True)
 class StudySpec:
     """A validated study. ``base`` is the trainer config every trial starts from."""
 
@@ -125,6 +155,7 @@ class StudySpec:
     enqueue: tuple[dict[str, Any], ...] = ()
     promote: PromoteSpec = field(default_factory=PromoteSpec)
     raw: dict[str, Any] = field(default_factory=dict)
+    lineage: LineageSpec | None = None
 
     @property
     def dir(self) -> Path:
@@ -171,6 +202,7 @@ _TOP_KEYS = {
     "tracking",
     "enqueue",
     "promote",
+    "lineage",
 }
 
 
@@ -479,6 +511,8 @@ def load_spec(study: str | Path | None = None, overrides: dict[str, Any] | None 
             for p in exc.problems:
                 r.add("promote.overrides." + p.where.split(": ", 1)[-1], p.message, p.fix)
 
+    lineage = _lineage(r, raw)
+
     if r.problems:
         raise ConfigError(r.problems)
     return StudySpec(
@@ -499,7 +533,29 @@ def load_spec(study: str | Path | None = None, overrides: dict[str, Any] | None 
         enqueue=tuple(enqueue),
         promote=promote,
         raw=raw,
+        lineage=lineage,
     )
+
+
+def _lineage(r: _Reader, raw: dict[str, Any]) -> LineageSpec | None:
+    """``lineage:`` checked: a parent name, whole trial numbers, rules as text."""
+    if raw.get("lineage") is None:
+        return None
+    section = r.section(raw, "lineage")
+    lineage: LineageSpec = r.dataclass_from(LineageSpec, section, "lineage")
+    fix = "restore it from the parent (`study refine --dry-run` prints it), or delete the lineage: block"
+    if section.get("parent_study") in (None, ""):
+        r.add("lineage.parent_study", "must name the parent study, but is missing or empty", fix)
+    trials = section.get("parent_trials", [])
+    if not isinstance(trials, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in trials):
+        r.add("lineage.parent_trials", f"must be a list of trial numbers, but got {trials!r}", fix)
+    rules = section.get("rules", {})
+    if not isinstance(rules, dict) or not all(isinstance(v, str) for v in rules.values()):
+        r.add("lineage.rules", f"must map parameter names to rule text, but got {rules!r}", fix)
+    chain = section.get("chain", [])
+    if not isinstance(chain, list) or not all(isinstance(c, dict) for c in chain):
+        r.add("lineage.chain", f"must be a list of mappings (study, storage, trials), but got {chain!r}", fix)
+    return lineage
 
 
 def _apply_spec_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

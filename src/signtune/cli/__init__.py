@@ -4,6 +4,7 @@
 |---|---|
 | ``app`` | the Typer app, shared options, error mapping (exit 2 / 130 / 143), loading a study |
 | ``study`` | run, worker, create, status, reap, doctor |
+| ``refine`` | refine |
 | ``results`` | export, report, the leaderboard |
 | ``serve`` | dashboard, mlflow-ui |
 | ``model`` | train, promote-best, translate |
@@ -17,7 +18,7 @@ import importlib
 from signtune.cli.app import app
 
 # Importing a command module registers its commands, in this order in `study --help`.
-for _group in ("study", "results", "serve", "model", "data"):
+for _group in ("study", "refine", "results", "serve", "model", "data"):
     importlib.import_module(f"signtune.cli.{_group}")
 
 __all__ = ["app", "main"]

@@ -23,6 +23,8 @@ from signtune.cli.app import (
 )
 from signtune.errors import ConfigError, Problem
 
+ADVICE_SHOWN = 5  # `study status` shows this many advice lines; `study export` writes them all
+
 if TYPE_CHECKING:
     from signtune.runner import RunSummary
     from signtune.spec import StudySpec
@@ -282,17 +284,26 @@ def status(
 
     from optuna.trial import TrialState
 
+    from signtune.refine import advice_lines, lineage_line, lineage_of, study_advice
     from signtune.study import count_states, open_study
 
     quiet()
-    spec, _, _ = load(study, {"storage": storage})
+    spec, space, _ = load(study, {"storage": storage})
     s = open_study(spec, create=False)
     trials = s.get_trials(deepcopy=False)
     counts = {st.name.lower(): n for st, n in count_states(s).items()}
     out.print(f"[bold]{spec.name}[/]: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    links = lineage_of(s, spec)
+    if links:
+        out.print(lineage_line(links), highlight=False, markup=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     if done:
         out.print(f"best {spec.objective.metric} {s.best_value:.2f} (trial {s.best_trial.number})")
+    advice = advice_lines(study_advice(s, spec, space))
+    for line in advice[:ADVICE_SHOWN]:
+        out.print(f"advice: {line}", highlight=False, markup=False, soft_wrap=True)
+    if len(advice) > ADVICE_SHOWN:
+        out.print(f"advice: {len(advice) - ADVICE_SHOWN} more in advice.md (study export)", highlight=False)
     hosts: dict[str, dict[str, int]] = {}
     for t in trials:
         if t.state == TrialState.WAITING:

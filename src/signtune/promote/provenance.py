@@ -60,7 +60,8 @@ def write_metrics(
 def write_provenance(
     out: Path, spec: StudySpec, winner: Candidate, candidates: list[Candidate], inputs: dict[str, str]
 ) -> None:
-    """``provenance.json``: study, trials, seeds, code and package versions, input hashes, command."""
+    """``provenance.json``: study (and the studies it was refined from), trials, seeds, code and
+    package versions, input hashes, command."""
     (out / "provenance.json").write_text(json.dumps(provenance(spec, winner, candidates, inputs), indent=2) + "\n")
 
 
@@ -76,8 +77,10 @@ def provenance(
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             continue
+    lineage = {"lineage": spec.lineage.links()} if spec.lineage is not None else {}
     return {
         "study": spec.name,
+        **lineage,
         "task": spec.task,
         "storage": mask_url(spec.storage),
         "trials": sorted({c.trial for c in candidates}),
