@@ -161,6 +161,7 @@ _TOP_KEYS = {
     "tracking",
     "enqueue",
     "promote",
+    "stages",
 }
 
 
