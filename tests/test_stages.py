@@ -239,6 +239,14 @@ def test_stages_run_in_order_with_the_earlier_best_fixed_and_are_skipped_once_fi
     assert "fast.2-second: running 0, complete 4" in status.stdout
 
 
+def test_spawned_workers_search_only_their_stage(staged: Path) -> None:
+    res = run_study("run", "--study", "fast", "--workers", "2", cwd=staged)
+    assert res.returncode == 0, res.stderr
+    assert _finished("fast.1-first") == 3 and _finished("fast.2-second") == 4
+    assert all(set(t.params) == {"x"} for t in _study("fast.1-first").trials)
+    assert all(set(t.params) == {"y"} for t in _study("fast.2-second").trials)
+
+
 def test_trials_flag_is_refused_with_stages(staged: Path) -> None:
     res = run_study("run", "--study", "fast", "--trials", "5", cwd=staged)
     assert res.returncode == 2
