@@ -360,3 +360,29 @@ def test_stage_flag_without_stages_is_refused(fast_project: Path) -> None:
 def test_load_spec_accepts_the_stages_key(staged: Path) -> None:
     spec = load_spec("fast")
     assert spec.raw["stages"][0]["name"] == "first"
+
+
+DEMO_STAGES = """
+stages:
+  - {name: arch, params: [model.d_model, model.num_encoder_layers, model.num_decoder_layers, model.num_heads], trials: 20}
+  - {name: optim, params: [optim.lr, optim.weight_decay, loss.label_smoothing, optim.encoder_lr_ratio, schedule.name, schedule.warmup_ratio], trials: 20}
+  - {name: reg, params: [model.dropout, data.batch_size], trials: 10}
+"""
+
+
+def test_the_readme_stages_fit_the_demo_space_and_set_the_typed_config(study_dir: Path) -> None:
+    from signtune.study import load_def
+
+    path = study_dir / "study.yaml"
+    path.write_text(path.read_text() + DEMO_STAGES)
+    spec, space, _ = load_def("demo", {})
+    stages = parse(spec, space)
+    assert "schedule.min_lr_ratio" in stages[1].params  # follows schedule.name
+    arch = {"model.d_model": 64, "model.num_encoder_layers": 1, "model.num_decoder_layers": 3, "model.num_heads": 2}
+    optim, optim_space = stage_spec(spec, space, stages[1], [Fixed("arch", "demo.1-arch", 4, 9.5, arch)])
+    assert optim.name == "demo.2-optim" and "optim.lr" in optim_space.names and "model.d_model" not in optim_space.names
+    # the trainer's typed config: arch's best, and the first enqueued config for reg's params
+    assert optim.base.model.d_model == 64 and optim.base.model.num_decoder_layers == 3
+    assert optim.base.model.dropout == 0.1 and optim.base.data.batch_size == 32
+    assert "optim.lr" not in optim.fixed  # searched here: the enqueued 1.0e-4 is not fixed
+    assert optim.fixed["model.dropout"] == 0.1 and optim.fixed["model.d_model"] == 64
