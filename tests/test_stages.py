@@ -252,6 +252,10 @@ def test_trials_flag_is_refused_with_stages(staged: Path) -> None:
     assert res.returncode == 2
     assert "--trials: sets one study's budget" in res.stderr and "its `trials:` under `stages:`" in res.stderr
     assert not (staged / "studies" / "fast" / "study.db").exists()
+    status = run_study("status", "--study", "fast", cwd=staged)  # nothing run yet: the stage table only
+    assert status.returncode == 0, status.stderr
+    assert "fast.1-first" in status.stdout and "0/3" in status.stdout and "0/4" in status.stdout
+    assert not (staged / "studies" / "fast" / "study.db").exists()
 
 
 def _wait(name: str, complete: int, running: int, timeout: float = 120) -> None:
