@@ -221,7 +221,7 @@ def test_stages_run_in_order_with_the_earlier_best_fixed_and_are_skipped_once_fi
     assert [c["x"] for c in seen[3:]] == [best.params["x"]] * 4  # the trainer got stage 1's best x
     assert all("y" not in c for c in seen[:3])  # stage 2's y: the trainer's own default in stage 1
     attr = second.user_attrs["stage"]
-    assert attr["name"] == "second" and attr["params"] == ["y"] and attr["index"] == 2
+    assert attr["name"] == "second" and attr["params"] == ["y"] and attr["index"] == 2 and attr["parent"] == "fast"
     assert attr["fixed_from"] == [
         {"stage": "first", "study": "fast.1-first", "trial": best.number, "value": best.value, "params": best.params}
     ]

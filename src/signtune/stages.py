@@ -364,7 +364,7 @@ def stage_attr(spec: StudySpec, stages: Sequence[Stage], stage: Stage, earlier: 
     """The ``stage`` user attr of a stage's study: the stage, its params, and what each earlier
     stage fixed (study, trial, value, params); ``chain`` turns it into provenance."""
     return {
-        "study": spec.name,
+        "parent": spec.name,
         "name": stage.name,
         "index": stage.index,
         "of": len(stages),
