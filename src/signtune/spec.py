@@ -203,6 +203,7 @@ _TOP_KEYS = {
     "enqueue",
     "promote",
     "lineage",
+    "stages",
 }
 
 

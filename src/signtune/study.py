@@ -66,6 +66,9 @@ def load_def(study: str | None, overrides: dict[str, Any]) -> StudyDef:
     problems: list[Problem] = []
     for i, params in enumerate(spec.enqueue):
         problems += check_params(space, params, f"{spec.path}: enqueue[{i}]")
+    from signtune.stages import read as read_stages
+
+    problems += read_stages(spec, space)[1]
     if problems:
         raise ConfigError(problems)
     return StudyDef(spec, space, task)

@@ -144,6 +144,8 @@ def load_settled(study: str | None, overrides: dict[str, Any]) -> StudyDef:
     from signtune.study import FIDELITY, stored_settings
 
     loaded = load(study, overrides)
+    if loaded.spec.raw.get("stages") is not None:  # each stage keeps its own (cli/staged.py)
+        return loaded
     settled, changed = stored_settings(loaded.spec, overrides)
     if settled:
         loaded = load(study, {**overrides, **settled})

@@ -19,6 +19,7 @@ from signtune.cli.app import (
     prepare,
     quiet,
 )
+from signtune.cli.staged import StageOpt, resolve
 from signtune.errors import ConfigError, Problem
 
 
@@ -64,8 +65,13 @@ def promote_best_cmd(
     seeds: Annotated[int, typer.Option(help="Seeds per config.")] = 1,
     resume: Annotated[bool, typer.Option("--resume", help="Continue candidates from their last checkpoint.")] = False,
     storage: StorageOpt = None,
+    stage: StageOpt = None,
 ) -> None:
-    """Retrain the best config(s) on the full training split with checkpoints; test the winner."""
+    """Retrain the best config(s) on the full training split with checkpoints; test the winner.
+
+    A staged study promotes from its last stage that has complete trials, or --stage NAME;
+    provenance.json then records the earlier stages' studies, best trials and fixed values.
+    """
     from signtune.promote import promote_best
     from signtune.study import open_study
 
@@ -77,7 +83,8 @@ def promote_best_cmd(
     ]
     if problems:
         raise ConfigError(problems)
-    spec, _, task = load(study, {"storage": storage})
+    spec, space, task = load(study, {"storage": storage})
+    spec, _ = resolve(spec, space, stage, {}, want="complete")
     prepare(task, spec)
 
     def on_epoch(name: str, epoch: int, metrics: dict[str, float]) -> None:

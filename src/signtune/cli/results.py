@@ -18,6 +18,7 @@ from signtune.cli.app import (
     out,
     quiet,
 )
+from signtune.cli.staged import StageOpt, resolve
 
 if TYPE_CHECKING:
     from signtune.spec import StudySpec
@@ -31,9 +32,13 @@ def export(
         Path | None, typer.Option("--out", help="Folder to write (default studies/<name>/export).")
     ] = None,
     storage: StorageOpt = None,
+    stage: StageOpt = None,
 ) -> None:
-    """Write best_params.json, trials.csv, the HTML plots and report.html; back-fill MLflow's gaps."""
-    path = _export(study, storage, out_dir)
+    """Write best_params.json, trials.csv, the HTML plots and report.html; back-fill MLflow's gaps.
+
+    A staged study exports its last stage that has finished trials, or --stage NAME.
+    """
+    path = _export(study, storage, out_dir, stage)
     out.print(f"Exported to {path}")
 
 
@@ -48,7 +53,7 @@ def report(
     out.print(f"Report: {path / 'report.html'}")
 
 
-def _export(study: str | None, storage: str | None, out_dir: Path | None) -> Path:
+def _export(study: str | None, storage: str | None, out_dir: Path | None, stage: str | None = None) -> Path:
     """One export for both commands, at the settings the study's trials ran at."""
     from signtune.export import export_study
     from signtune.storage import mask_url
@@ -56,7 +61,8 @@ def _export(study: str | None, storage: str | None, out_dir: Path | None) -> Pat
     from signtune.tracking import make_tracker, trials_missing
 
     quiet()
-    spec, _, _ = load_settled(study, {"storage": storage})
+    spec, space, _ = load_settled(study, {"storage": storage})
+    spec, _ = resolve(spec, space, stage, {})
     study_obj = open_study(spec, create=False)
     path = export_study(study_obj, spec, out_dir)
     if trials_missing(study_obj):

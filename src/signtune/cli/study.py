@@ -21,13 +21,18 @@ from signtune.cli.app import (
     quiet,
     tracking_override,
 )
-from signtune.errors import ConfigError, Problem
+from signtune.cli.staged import StageOpt, refuse_stages
+from signtune.errors import ConfigError, Problem, StudyError
 
 ADVICE_SHOWN = 5  # `study status` shows this many advice lines; `study export` writes them all
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from signtune.runner import RunSummary
+    from signtune.space import SearchSpace
     from signtune.spec import StudySpec
+    from signtune.tasks import Task
 
 
 @app.command()
@@ -70,11 +75,7 @@ def run(
     In a terminal it draws a progress bar; redirected to a file (nohup, a cluster job) it prints
     one line per finished trial and a heartbeat line every --heartbeat-every seconds.
     """
-    import time
-
-    from signtune.cli.progress import Reporter, choose_mode
-    from signtune.runner import RunEvents, parse_gpus, run_study
-    from signtune.storage import mask_url
+    from signtune.runner import parse_gpus
 
     quiet()
     overrides: dict[str, Any] = {
@@ -104,16 +105,45 @@ def run(
     if gpu_list is None and workers > 1:
         _note_idle_gpus(workers)
     spec, space, task = load_settled(study, overrides)
+    opts = {"workers": workers, "gpus": gpu_list, "workers_per_gpu": workers_per_gpu}
+    shown = {"quiet": quiet_, "json_lines": json_lines, "heartbeat_every": heartbeat_every}
+    from signtune.stages import has_stages
+
+    if has_stages(spec):
+        from signtune.cli.staged import run_stages
+
+        run_stages(spec, space, overrides, lambda s, sp, after: _run_one(s, sp, task, opts, shown, after))
+        return
+    _run_one(spec, space, task, opts, shown)
+
+
+def _run_one(
+    spec: StudySpec,
+    space: SearchSpace,
+    task: Task[Any],
+    opts: dict[str, Any],
+    shown: dict[str, Any],
+    after_record: Callable[[StudySpec], None] | None = None,
+) -> RunSummary:
+    """One study's `study run`: data, settings, the runner, then the leaderboard and notes."""
+    import time
+
+    from signtune.cli.progress import Reporter, choose_mode
+    from signtune.runner import RunEvents, run_study
+    from signtune.storage import mask_url
+
     t0 = time.perf_counter()
     with err.status("Preparing data (generated on first use, then cached)..."):
         data = prepare(task, spec)
     _record(spec)  # after the data passed: a refused run writes nothing
+    if after_record is not None:
+        after_record(spec)
     clips = (  # a plug-in's data is its own business: no clip counts to show
         f"train {data['train']} clips (subset {spec.budget.subset}), val {data.get('val')}, "
         if data.get("train") is not None
         else f"subset {spec.budget.subset}, epochs {spec.epochs}, "
     )
-    mode = choose_mode(quiet=quiet_, json_lines=json_lines, terminal=err.is_terminal)
+    mode = choose_mode(quiet=shown["quiet"], json_lines=shown["json_lines"], terminal=err.is_terminal)
     if mode in ("bar", "lines"):
         err.print(
             f"[bold]{spec.name}[/]: {spec.task}, storage {mask_url(spec.storage)}, {clips}"
@@ -121,7 +151,7 @@ def run(
             highlight=False,
         )
     reporter = Reporter(
-        mode, out=out, err=err, metric=spec.objective.metric, epochs=spec.epochs, heartbeat_s=heartbeat_every
+        mode, out=out, err=err, metric=spec.objective.metric, epochs=spec.epochs, heartbeat_s=shown["heartbeat_every"]
     )
     reporter.start(spec.name, 0, spec.budget.trials)
     try:
@@ -129,9 +159,7 @@ def run(
             spec,
             space,
             task,
-            workers=workers,
-            gpus=gpu_list,
-            workers_per_gpu=workers_per_gpu,
+            **opts,
             events=RunEvents(reporter.on_start, reporter.on_progress, reporter.on_epoch, reporter.on_trial),
             data_summary=data,
         )
@@ -139,13 +167,13 @@ def run(
         reporter.close()
     reporter.end(summary)
     if mode == "json":
-        return
+        return summary
     if mode == "quiet":
         out.print(
             f"{spec.name}: {summary.finished}/{summary.total} finished, best {summary.best_value} "
             f"(trial {summary.best_trial}), ran {summary.started} trial(s) in {summary.wall_time_s:.1f}s"
         )
-        return
+        return summary
     if summary.started == 0:
         out.print(
             f"Study [bold]{spec.name}[/] already has {summary.finished}/{summary.total} finished trials; "
@@ -161,6 +189,7 @@ def run(
         )
     _print_run_notes(spec, summary)
     out.print(f"Ran {summary.started} trial(s) in {summary.wall_time_s:.1f}s. Exports: {spec.dir / 'export'}")
+    return summary
 
 
 def _print_run_notes(spec: StudySpec, summary: RunSummary) -> None:
@@ -237,6 +266,7 @@ def worker(
     }
     # the budget, subset and epochs `study create` or the first run stored, unless given here
     spec, space, task = load_settled(study, overrides)
+    refuse_stages(spec, "study worker")
     prepare(task, spec)
     from signtune.hosts import host_id as this_host
 
@@ -266,6 +296,7 @@ def create(
     quiet()
     overrides = {"storage": storage, "budget.trials": trials, "budget.subset": subset}
     spec, _, _ = load_settled(study, overrides)
+    refuse_stages(spec, "study create")
     _record(spec)
     s = open_study(spec)
     enqueue_defaults(s, spec)
@@ -278,17 +309,32 @@ def create(
 def status(
     study: StudyOpt = None,
     storage: StorageOpt = None,
+    stage: StageOpt = None,
 ) -> None:
-    """Show trial counts per state, the best value and the running trials."""
+    """Show trial counts per state, the best value and the running trials.
+
+    A staged study lists its stages with their progress, then shows the last stage that has
+    finished trials (or --stage NAME).
+    """
     import datetime as dt
 
     from optuna.trial import TrialState
 
+    from signtune.cli.staged import print_stages, resolve
     from signtune.refine import advice_lines, lineage_line, lineage_of, study_advice
+    from signtune.stages import has_stages
     from signtune.study import count_states, open_study
 
     quiet()
     spec, space, _ = load(study, {"storage": storage})
+    if has_stages(spec):
+        print_stages(spec, space)
+    try:
+        spec, _ = resolve(spec, space, stage, {})
+    except StudyError:
+        if stage is None and has_stages(spec):  # the table said it: no stage has run yet
+            return
+        raise
     s = open_study(spec, create=False)
     trials = s.get_trials(deepcopy=False)
     counts = {st.name.lower(): n for st, n in count_states(s).items()}

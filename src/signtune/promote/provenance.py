@@ -58,11 +58,22 @@ def write_metrics(
 
 
 def write_provenance(
-    out: Path, spec: StudySpec, winner: Candidate, candidates: list[Candidate], inputs: dict[str, str]
+    out: Path,
+    spec: StudySpec,
+    winner: Candidate,
+    candidates: list[Candidate],
+    inputs: dict[str, str],
+    *,
+    stages: list[dict[str, Any]] | None = None,
 ) -> None:
     """``provenance.json``: study (and the studies it was refined from), trials, seeds, code and
-    package versions, input hashes, command."""
-    (out / "provenance.json").write_text(json.dumps(provenance(spec, winner, candidates, inputs), indent=2) + "\n")
+    package versions, input hashes, command; for a stage of a staged study, ``stages``: each
+    earlier stage's study, best trial and the values it fixed, then this stage
+    (``signtune.stages.chain``)."""
+    doc = provenance(spec, winner, candidates, inputs)
+    if stages is not None:
+        doc["stages"] = stages
+    (out / "provenance.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
 
 
 def provenance(

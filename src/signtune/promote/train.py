@@ -100,7 +100,10 @@ def promote_best(
     write_metrics(
         out, metric=metric, winner=winner, candidates=candidates, test=shipped.test, fidelity=fidelity, note=note
     )
-    write_provenance(out, spec, winner, candidates, shipped.inputs)
+    from signtune.stages import chain
+
+    stages = chain(study.user_attrs.get("stage"), study.study_name)
+    write_provenance(out, spec, winner, candidates, shipped.inputs, stages=stages)
     result = PromoteResult(out, winner, candidates, shipped.test, fidelity, note, metric=metric)
     if spec.tracking.enabled:
         from signtune.tracking import log_promotion

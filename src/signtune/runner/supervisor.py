@@ -138,7 +138,7 @@ def run_study(
         if len(plan) == 1 and not gpus:
             _run_in_process(study, spec, space, task, tracker, summary, deadline, events)
         else:
-            _supervise(study, spec, plan, tracker, summary, deadline, events)
+            _supervise(study, spec, space, plan, tracker, summary, deadline, events)
     except KeyboardInterrupt:
         summary.stopped_by = "interrupted"
         status = "KILLED"
@@ -219,6 +219,7 @@ def _run_in_process(
 def _supervise(
     study: optuna.Study,
     spec: StudySpec,
+    space: SearchSpace,
     plan: list[dict[str, str]],
     tracker: MetricLogger,
     summary: RunSummary,
@@ -237,7 +238,7 @@ def _supervise(
     def start(slot: int) -> None:
         p = ctx.Process(
             target=_worker_main,
-            args=(spec, f"{slot}", slot + 1000 * restarts, claimed, deadline, parent_box, plan[slot]),
+            args=(spec, space, f"{slot}", slot + 1000 * restarts, claimed, deadline, parent_box, plan[slot]),
             name=f"signtune-worker-{slot}",
         )
         with interrupts.children_ignore_sigint():  # a Ctrl-C must not land in its start-up

@@ -133,6 +133,7 @@ def run_worker(
 
 def _worker_main(
     spec: StudySpec,
+    space: SearchSpace,
     worker_id: str,
     seed_offset: int,
     claimed: Any,
@@ -142,6 +143,7 @@ def _worker_main(
 ) -> None:
     """Entry point of a local worker process (spawned).
 
+    ``space`` is the one the supervisor was given (a stage's searches part of the file's).
     ``parent_box`` is a shared char array the supervisor fills with the study's MLflow run id
     once its workers are started; a worker reads it when it creates its first trial run.
 
@@ -158,10 +160,7 @@ def _worker_main(
     try:
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         warnings.filterwarnings("ignore")
-        from signtune.space import parse
-
         task = get_task(spec.task, study_dir=spec.dir)
-        space = parse(spec.search_space, known_keys=task.config_keys())
         interrupts.checkpoint()
         with interrupts.interruptible():  # reads the data; writes only through renamed temp files
             task.prepare(spec)
