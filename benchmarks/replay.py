@@ -156,6 +156,11 @@ class TableSurrogate:
             hit = self.cache[key] = self._curve(y)
         return hit
 
+    def random_finals(self, n: int, seed: int) -> np.ndarray:
+        """The best val BLEU the surrogate gives ``n`` uniform random configs of the space."""
+        x = np.array([_encode(self.space, params) for params in random_configs(self.space, n, seed)])
+        return np.asarray(self.model.predict(x)[:, :EPOCHS].max(axis=1))
+
     def held_out_rank_correlation(self, folds: int = 5, seed: int = 0) -> dict[str, float]:
         """Spearman correlation of predicted and recorded final BLEU and val loss, k-fold."""
         from scipy.stats import spearmanr
@@ -175,6 +180,22 @@ class TableSurrogate:
         }
 
 
+def random_configs(space: Any, n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` configs drawn by Optuna's RandomSampler through the space's ``suggest``."""
+    import optuna
+
+    from signtune.space import suggest
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        out.append(suggest(trial, space))
+        study.tell(trial, 0.0)
+    return out
+
+
 def demo_problem(table: Path) -> Problem:
     from benchmarks.lc_table import RECIPE, demo_enqueued, read_table
     from signtune.space import parse
@@ -185,7 +206,9 @@ def demo_problem(table: Path) -> Problem:
     finals = [
         max(e["val_bleu"] for e in r["epochs"]) for r in rows if r["id"].startswith("r") and r["status"] == "complete"
     ]
-    target = float(np.percentile(finals, 95))
+    # The replay answers unseen configs with the surrogate, so the target is the 95th percentile
+    # of what it gives random configs (the table's own is reported beside it).
+    target = float(np.percentile(surrogate.random_finals(2000, seed=1), 95))
     enqueued = demo_enqueued()
     return Problem(
         name="demo",
@@ -198,7 +221,10 @@ def demo_problem(table: Path) -> Problem:
         known_good=[enqueued, {**enqueued, **RECIPE}],
         baseline_known_good=[enqueued],
         target=round(target, 1),
-        target_rule=f"95th percentile of the best val BLEU of the table's {len(finals)} random configs",
+        target_rule=(
+            "95th percentile of the surrogate's best val BLEU over 2,000 random configs "
+            f"(of the table's {len(finals)} random configs: {np.percentile(finals, 95):.1f})"
+        ),
         time_unit="CPU s",
         notes={
             "table_rows": len(rows),
@@ -278,6 +304,21 @@ def strategies(problem: Problem) -> dict[str, dict[str, Any]]:
             "sampler": {"name": "auto"},
             "pruner": {**new_pruner, "name": "sha", "min_resource": 1, "reduction_factor": 3},
             "enqueue": "known",
+        },
+        "new-sha4": {
+            "sampler": {"name": "auto"},
+            "pruner": {**new_pruner, "name": "sha", "min_resource": 1, "reduction_factor": 4},
+            "enqueue": "known",
+        },
+        "new-hyperband": {
+            "sampler": {"name": "auto"},
+            "pruner": {**new_pruner, "name": "hyperband", "min_resource": 1, "reduction_factor": 3},
+            "enqueue": "known",
+        },
+        "new-sha-no-priors": {
+            "sampler": {"name": "auto"},
+            "pruner": {**new_pruner, "name": "sha", "min_resource": 1, "reduction_factor": 3},
+            "enqueue": None,
         },
         "new-startup-10": {"sampler": {"name": "tpe", "n_startup_trials": 10}, "pruner": new_pruner, "enqueue": "known"},
     }

@@ -293,6 +293,46 @@ def test_report_reaches_optuna_and_a_pruned_trial_records_why(spec: StudySpec, s
     assert len(end) == 1 and end[0][2] == {"state": "pruned", "reason": "pruned"}
 
 
+def test_the_pruner_compares_pruner_metric_while_the_value_stays_the_objective(
+    spec: StudySpec, space: SearchSpace
+) -> None:
+    """``pruner.metric: loss`` (minimised) in a maximised study: the intermediate values are the
+    negated losses, the pruned trial keeps its best score as ``value_so_far``."""
+    import dataclasses
+
+    from signtune.spec import PrunerSpec
+
+    by_loss = dataclasses.replace(spec, pruner=PrunerSpec(name="median", metric="loss"))
+
+    def fit(cfg: dict[str, Any], report: Callable[[int, dict[str, float]], None], ctx: TrialContext) -> TaskResult:
+        for epoch, (score, loss) in enumerate([(0.2, 3.0), (0.6, 2.5), (0.4, 2.0)], start=1):
+            report(epoch, {"score": score, "loss": loss})
+        return TaskResult(metrics={"score": 0.6}, epochs_run=3)
+
+    study = new_study(optuna.pruners.ThresholdPruner(lower=-2.2))  # prunes once -loss < -2.2
+    trial = run_one(study, Objective(by_loss, space, FakeTask(fit), RecordingTracker()))
+    assert trial.state == TrialState.PRUNED
+    assert trial.intermediate_values == {1: -3.0}
+    assert trial.user_attrs["value_so_far"] == 0.2
+    assert "loss=3 at epoch 1" in trial.user_attrs["reason_detail"]
+
+    study = new_study(optuna.pruners.ThresholdPruner(lower=-3.5))  # never prunes
+    trial = run_one(study, Objective(by_loss, space, FakeTask(fit), RecordingTracker()))
+    assert trial.state == TrialState.COMPLETE
+    assert trial.value == 0.6 and trial.intermediate_values == {1: -3.0, 2: -2.5, 3: -2.0}
+
+
+def test_a_report_without_the_pruner_metric_fails_the_trial(spec: StudySpec, space: SearchSpace) -> None:
+    import dataclasses
+
+    from signtune.spec import PrunerSpec
+
+    by_loss = dataclasses.replace(spec, pruner=PrunerSpec(name="median", metric="val_loss"))
+    trial = run_one(new_study(), Objective(by_loss, space, FakeTask(epochs_of([0.5])), RecordingTracker()))
+    assert trial.state == TrialState.FAIL
+    assert "pruner.metric is 'val_loss'" in trial.user_attrs["error"]
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_a_non_finite_metric_stops_the_trial_as_diverged(spec: StudySpec, space: SearchSpace, bad: float) -> None:
     trial = run_one(new_study(), Objective(spec, space, FakeTask(epochs_of([0.5, bad, 0.7])), RecordingTracker()))

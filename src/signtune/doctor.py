@@ -232,7 +232,7 @@ def _tracking(spec: StudySpec, repair: bool) -> list[Finding]:
 
 
 def _gaps(spec: StudySpec, repair: bool, *, everything: bool) -> Finding:
-    from signtune.study import open_study
+    from signtune.study import intermediate_metric, open_study
     from signtune.tracking import make_tracker, trials_missing
 
     study = open_study(spec, create=False)
@@ -250,7 +250,12 @@ def _gaps(spec: StudySpec, repair: bool, *, everything: bool) -> Finding:
             f"MLflow misses trials {missing} (it failed while they ran)",
             f"run `study doctor --study {spec.name} --repair` or `study export --study {spec.name}` to back-fill them",
         )
-    filled = make_tracker(spec).backfill(study, spec.objective.metric, numbers=set(missing) if everything else None)
+    filled = make_tracker(spec).backfill(
+        study,
+        spec.objective.metric,
+        numbers=set(missing) if everything else None,
+        epochs_as=intermediate_metric(spec),
+    )
     return Finding("tracking gaps", "repaired", f"back-filled trials {filled} from the study")
 
 

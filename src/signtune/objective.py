@@ -94,6 +94,12 @@ class Objective:
         if fault:
             trial.set_user_attr("injected_fault", fault)
         watchdog = Watchdog(spec.budget.trial_timeout)
+        # The objective's best so far: a pruned trial's intermediate values may hold another
+        # metric (pruner.metric), so its last objective value is kept as the `value_so_far` attr.
+        so_far: list[float] = []
+
+        def better(a: float, b: float) -> bool:
+            return a > b if spec.objective.direction == "maximize" else a < b
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             watchdog.beat()
@@ -103,6 +109,8 @@ class Objective:
                 if name not in metrics:
                     raise ValueError(f"report({epoch}, ...) got metrics {sorted(metrics)} but {role} is {name!r}")
             value = float(metrics[metric])
+            if math.isfinite(value) and (not so_far or better(value, so_far[0])):
+                so_far[:] = [value]
             # Storage and tracking writes are never cut by Ctrl-C; a stop requested meanwhile is
             # raised when they end, back in the training.
             # The watchdog holds its alarm meanwhile: a storage write waiting on a lock, MLflow's
@@ -134,7 +142,9 @@ class Objective:
             with Heartbeat(trial), watchdog, interrupts.interruptible():
                 result = self.task.fit(cfg, report, ctx)
         except StopTrial as stop:
-            rec.finish("pruned", stop.reason, reason_detail=stop.detail)
+            rec.finish(
+                "pruned", stop.reason, reason_detail=stop.detail, **({"value_so_far": so_far[0]} if so_far else {})
+            )
             raise optuna.TrialPruned(str(stop)) from None
         except KeyboardInterrupt:
             # Ctrl-C / SIGTERM (reason `interrupted`) or a supervisor that died (`supervisor_gone`).

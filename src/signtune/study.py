@@ -167,6 +167,13 @@ def pruning_metric(spec: StudySpec) -> tuple[str, str]:
     return metric, "minimize" if metric.endswith("loss") else "maximize"
 
 
+def intermediate_metric(spec: StudySpec) -> tuple[str, float]:
+    """What a trial's intermediate values hold: the pruning metric's name, and the sign that
+    turns an intermediate value back into it (-1 when it was negated for the study's direction)."""
+    metric, direction = pruning_metric(spec)
+    return metric, 1.0 if direction == spec.objective.direction else -1.0
+
+
 def pruning_value(spec: StudySpec, metrics: dict[str, float]) -> float:
     """The intermediate value a trial reports after an epoch: the pruning metric, negated when
     it runs against the study's direction (Optuna's pruners compare in the study's direction).

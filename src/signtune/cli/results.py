@@ -57,7 +57,7 @@ def _export(study: str | None, storage: str | None, out_dir: Path | None, stage:
     """One export for both commands, at the settings the study's trials ran at."""
     from signtune.export import export_study
     from signtune.storage import mask_url
-    from signtune.study import open_study
+    from signtune.study import intermediate_metric, open_study
     from signtune.tracking import make_tracker, trials_missing
 
     quiet()
@@ -67,7 +67,9 @@ def _export(study: str | None, storage: str | None, out_dir: Path | None, stage:
     path = export_study(study_obj, spec, out_dir)
     if trials_missing(study_obj):
         try:
-            filled = make_tracker(spec).backfill(study_obj, spec.objective.metric)
+            filled = make_tracker(spec).backfill(
+                study_obj, spec.objective.metric, epochs_as=intermediate_metric(spec)
+            )
             if filled:
                 out.print(f"MLflow: back-filled trials {filled} it had missed.")
         except Exception as exc:

@@ -39,6 +39,7 @@ from signtune.study import (
     count_finished,
     count_states,
     enqueue_defaults,
+    intermediate_metric,
     open_study,
 )
 from signtune.tasks import Task
@@ -178,7 +179,7 @@ def _close_tracking(
     from signtune.tracking import trials_missing
 
     try:
-        summary.backfilled = tracker.backfill(study, spec.objective.metric)
+        summary.backfilled = tracker.backfill(study, spec.objective.metric, epochs_as=intermediate_metric(spec))
         tracker.end_study(
             best_value=summary.best_value, best_params=best_params(study), export_dir=export_dir, status=status
         )

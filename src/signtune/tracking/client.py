@@ -61,7 +61,9 @@ class MetricLogger(Protocol):
         self, *, best_value: float | None, best_params: dict[str, Any], export_dir: Path | None, status: str = ...
     ) -> None: ...
 
-    def backfill(self, study: Any, metric: str, numbers: set[int] | None = None) -> list[int]: ...
+    def backfill(
+        self, study: Any, metric: str, numbers: set[int] | None = None, epochs_as: tuple[str, float] | None = None
+    ) -> list[int]: ...
 
 
 class NullTracker:
@@ -82,7 +84,9 @@ class NullTracker:
     def ensure_study(self) -> str | None:
         return None
 
-    def backfill(self, study: Any, metric: str, numbers: set[int] | None = None) -> list[int]:
+    def backfill(
+        self, study: Any, metric: str, numbers: set[int] | None = None, epochs_as: tuple[str, float] | None = None
+    ) -> list[int]:
         return []
 
     def start_trial(self, number: int, *, params: dict[str, Any], tags: dict[str, str]) -> str:
@@ -285,7 +289,9 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i : i + 100])
 
-    def backfill(self, study: Any, metric: str, numbers: set[int] | None = None) -> list[int]:
+    def backfill(
+        self, study: Any, metric: str, numbers: set[int] | None = None, epochs_as: tuple[str, float] | None = None
+    ) -> list[int]:
         """Log to MLflow the trials it missed while it failed; the numbers of the trials logged.
 
         Optuna is the record: each trial's run (its own, if it was created, or a new one tagged
@@ -294,6 +300,8 @@ class Tracker:
         metrics of those trials were never stored anywhere and stay missing. Done trials are
         listed in the study's ``tracking_backfilled`` user attr, so each is logged once.
         ``numbers`` picks the finished trials to log instead (a rebuilt store misses them all).
+        ``epochs_as``: the metric the intermediate values hold and the sign that gives it back
+        (``("val_loss", -1.0)`` when the pruner compares a negated val loss); None: ``metric``.
         """
         from optuna.trial import TrialState
 
@@ -305,6 +313,7 @@ class Tracker:
             missing = [t for t in study.get_trials(deepcopy=False) if t.number in numbers and t.state.is_finished()]
         if not missing:
             return []
+        epoch_metric, sign = epochs_as or (metric, 1.0)
         filled: list[int] = []
         try:
             for t in missing:
@@ -315,11 +324,11 @@ class Tracker:
                     run_id = self.start_trial(t.number, params=dict(t.params), tags={**tags, "backfilled": "true"})
                     logged: set[int] = set()
                 else:
-                    logged = {m.step for m in self.client.get_metric_history(run_id, metric)}
+                    logged = {m.step for m in self.client.get_metric_history(run_id, epoch_metric)}
                     self.client.set_tag(run_id, "signtune.backfilled", "true")
                 for step, value in sorted(t.intermediate_values.items()):
                     if step not in logged:
-                        self.log_epoch(run_id, {metric: value}, step)
+                        self.log_epoch(run_id, {epoch_metric: sign * value}, step)
                 if t.state == TrialState.COMPLETE and t.value is not None:
                     self.log_summary(run_id, {metric: t.value})
                 reason = str(t.user_attrs.get("reason", ""))
