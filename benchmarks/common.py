@@ -277,3 +277,20 @@ def stat_seconds(stats: Any, path_part: str, func: str, *, cumulative: bool = Tr
         if path_part in path and func in name:
             best = max(best, ct if cumulative else tt)
     return best
+
+
+def random_configs(space: Any, n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` param sets of ``space`` (a ``SearchSpace``), drawn by Optuna's RandomSampler with
+    ``seed`` through the space's ``suggest``: the same sequence for the same seed."""
+    import optuna
+
+    from signtune.space import suggest
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        out.append(suggest(trial, space))
+        study.tell(trial, 0.0)
+    return out

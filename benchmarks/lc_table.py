@@ -71,19 +71,13 @@ def demo_spec(data: Path) -> Any:
 
 def configs(n_random: int) -> list[tuple[str, dict[str, Any]]]:
     """The table's configs in order: enqueued, recipe, then ``n_random`` seeded random draws."""
-    import optuna
+    from benchmarks.common import random_configs
+    from signtune.space import parse
 
-    from signtune.space import parse, suggest
-
-    spec_space = parse(ROOT / "search_spaces" / "sign2text.yaml")
     enqueued = demo_enqueued()
     out: list[tuple[str, dict[str, Any]]] = [("enqueued", enqueued), ("recipe", {**enqueued, **RECIPE})]
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for i in range(n_random):
-        trial = study.ask()
-        out.append((f"r{i:03d}", suggest(trial, spec_space)))
-        study.tell(trial, 0.0)
+    space = parse(ROOT / "search_spaces" / "sign2text.yaml")
+    out += [(f"r{i:03d}", params) for i, params in enumerate(random_configs(space, n_random, seed=0))]
     return out
 
 

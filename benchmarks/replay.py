@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import ROOT
+from benchmarks.common import ROOT, random_configs
 
 OUT = ROOT / "benchmarks" / "replay"
 EPOCHS = 8
@@ -180,22 +180,6 @@ class TableSurrogate:
         }
 
 
-def random_configs(space: Any, n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` configs drawn by Optuna's RandomSampler through the space's ``suggest``."""
-    import optuna
-
-    from signtune.space import suggest
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    out = []
-    for _ in range(n):
-        trial = study.ask()
-        out.append(suggest(trial, space))
-        study.tell(trial, 0.0)
-    return out
-
-
 def demo_problem(table: Path) -> Problem:
     from benchmarks.lc_table import RECIPE, demo_enqueued, read_table
     from signtune.space import parse
@@ -320,7 +304,11 @@ def strategies(problem: Problem) -> dict[str, dict[str, Any]]:
             "pruner": {**new_pruner, "name": "sha", "min_resource": 1, "reduction_factor": 3},
             "enqueue": None,
         },
-        "new-startup-10": {"sampler": {"name": "tpe", "n_startup_trials": 10}, "pruner": new_pruner, "enqueue": "known"},
+        "new-startup-10": {
+            "sampler": {"name": "tpe", "n_startup_trials": 10},
+            "pruner": new_pruner,
+            "enqueue": "known",
+        },
     }
 
 

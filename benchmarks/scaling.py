@@ -43,20 +43,10 @@ BASELINE = "1 worker x 1 thread"
 
 def draw_configs(n: int, seed: int) -> list[dict[str, Any]]:
     """``n`` param sets of the demo search space, drawn by a seeded random sampler."""
-    import optuna
+    from benchmarks.common import ROOT, random_configs
+    from signtune.space import parse
 
-    from benchmarks.common import ROOT
-    from signtune.space import parse, suggest
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    space = parse(ROOT / "search_spaces" / "sign2text.yaml")
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    configs = []
-    for _ in range(n):
-        trial = study.ask()
-        configs.append(suggest(trial, space))
-        study.tell(trial, 0.0)
-    return configs
+    return random_configs(parse(ROOT / "search_spaces" / "sign2text.yaml"), n, seed)
 
 
 def write_spec(study_yaml: Path, configs: list[dict[str, Any]], *, epochs: int, threads: int) -> None:

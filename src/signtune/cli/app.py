@@ -141,7 +141,7 @@ def load_settled(study: str | None, overrides: dict[str, Any]) -> StudyDef:
     Raises:
         ConfigError: ``--subset``/``--epochs`` differ from what the study's trials ran at.
     """
-    from signtune.study import FIDELITY, stored_settings
+    from signtune.study import stored_settings
 
     loaded = load(study, overrides)
     if loaded.spec.raw.get("stages") is not None:  # each stage keeps its own (cli/staged.py)
@@ -149,14 +149,21 @@ def load_settled(study: str | None, overrides: dict[str, Any]) -> StudyDef:
     settled, changed = stored_settings(loaded.spec, overrides)
     if settled:
         loaded = load(study, {**overrides, **settled})
+    say_continuing(loaded.spec.name, changed, "the study's")
+    return loaded
+
+
+def say_continuing(name: str, changed: dict[str, Any], whose: str) -> None:
+    """Say that a study goes on at its stored fidelity rather than the spec's (nothing if the same)."""
+    from signtune.study import FIDELITY
+
     if changed:
         err.print(
-            f"{loaded.spec.name}: continuing at "
+            f"{name}: continuing at "
             + ", ".join(f"{FIDELITY[k].lstrip('-')} {v}" for k, v in changed.items())
-            + ", as the study's trials ran",
+            + f", as {whose} trials ran",
             highlight=False,
         )
-    return loaded
 
 
 def prepare(task: Task, spec: StudySpec) -> dict[str, Any]:

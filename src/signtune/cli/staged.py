@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from signtune.cli.app import err, out
+from signtune.cli.app import out, say_continuing
 from signtune.errors import ConfigError, Problem
 from signtune.stages import (
     Want,
@@ -64,17 +64,11 @@ def settle(spec: StudySpec, overrides: dict[str, Any]) -> StudySpec:
     Raises:
         ConfigError: ``--subset``/``--epochs`` differ from what the stage's trials ran at.
     """
-    from signtune.study import FIDELITY, stored_settings
+    from signtune.study import stored_settings
 
     settled, changed = stored_settings(spec, overrides)
     spec = with_fidelity(spec, subset=settled.get("budget.subset"), epochs=settled.get("fixed.run.epochs"))
-    if changed:
-        err.print(
-            f"{spec.name}: continuing at "
-            + ", ".join(f"{FIDELITY[k].lstrip('-')} {v}" for k, v in changed.items())
-            + ", as the stage's trials ran",
-            highlight=False,
-        )
+    say_continuing(spec.name, changed, "the stage's")
     return spec
 
 
