@@ -20,12 +20,12 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 from typer.testing import CliRunner
 
+from signtune.advice import advise
 from signtune.cli import app
 from signtune.errors import ConfigError, StudyError
 from signtune.refine import (
     IMPORTANCE_MIN_TRIALS,
     NEGLIGIBLE_IMPORTANCE,
-    advise,
     crowded_edges,
     param_importances,
     refine_space,

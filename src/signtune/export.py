@@ -22,9 +22,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from signtune.advice import Advice, advice_markdown, lineage_line, lineage_of, study_advice
 from signtune.errors import Problem, StudyError
 from signtune.folders import commit_dir
-from signtune.refine import Advice, advice_markdown, lineage_line, lineage_of, study_advice
 from signtune.spec import StudySpec
 from signtune.storage import mask_url
 from signtune.study import ranked_trials

@@ -320,8 +320,8 @@ def status(
 
     from optuna.trial import TrialState
 
+    from signtune.advice import advice_lines, lineage_line, lineage_of, study_advice
     from signtune.cli.staged import print_stages, resolve
-    from signtune.refine import advice_lines, lineage_line, lineage_of, study_advice
     from signtune.stages import has_stages
     from signtune.study import count_states, open_study
 
