@@ -3,7 +3,8 @@
 | module | commands |
 |---|---|
 | ``app`` | the Typer app, shared options, error mapping (exit 2 / 130 / 143), loading a study |
-| ``study`` | run, worker, create, status, reap, doctor |
+| ``study`` | run, worker, create, reap, doctor |
+| ``status`` | status |
 | ``refine`` | refine |
 | ``results`` | export, report, the leaderboard |
 | ``serve`` | dashboard, mlflow-ui |
@@ -18,7 +19,7 @@ import importlib
 from signtune.cli.app import app
 
 # Importing a command module registers its commands, in this order in `study --help`.
-for _group in ("study", "refine", "results", "serve", "model", "data"):
+for _group in ("study", "status", "refine", "results", "serve", "model", "data"):
     importlib.import_module(f"signtune.cli.{_group}")
 
 __all__ = ["app", "main"]
