@@ -7,16 +7,17 @@ The README's path on the demo, through the real CLI:
 1. ``explore``: ``study run --trials 20 --subset 0.3 --epochs 4 --workers 2`` on a copy of the
    demo study (MLflow off, its data shared with the demo).
 2. ``study refine --from explore --top-k 3 --subset 1.0``: the child ``explore-refine``.
-3. Two studies then get the same wall-clock budget of new trials, side by side, one worker and
+3. The child's queue (the parent's top 3, now at subset 1.0) is trained first, on its own.
+4. Two studies then get the same wall-clock budget of NEW trials, side by side, one worker and
    one torch thread each, at the same fidelity (subset 1.0, 4 epochs):
 
-   - ``refined``: the child as ``study refine`` wrote it (narrowed space, parent's top 3 queued);
-   - ``unrefined``: the parent's own search space and strategy at subset 1.0, with the same
-     top 3 queued first (what re-running the explore script on the full data gives).
+   - ``refined``: the child as ``study refine`` wrote it (narrowed space), after its queue;
+   - ``unrefined``: the parent's own search space and strategy at subset 1.0 (what re-running
+     the explore script on the full data gives), with nothing queued.
 
-   Both start with the parent's top 3, so the parent's best re-scored at subset 1.0 is in both;
-   what differs is the space the later trials search. Trials that end after the budget do not
-   count.
+   Each arm's best is then the better of the parent's top 3 re-scored at subset 1.0 (common to
+   both) and its own new trials. Trials that end after the budget do not count. Run it on an
+   otherwise idle machine: the arms share its cores.
 """
 
 from __future__ import annotations
@@ -64,14 +65,13 @@ def write_explore(work: Path, data: Path) -> Path:
     return folder
 
 
-def write_unrefined(work: Path, explore: Path, storage: str) -> Path:
-    """The parent's spec at the child's fidelity, with the parent's top 3 queued first."""
+def write_unrefined(work: Path, explore: Path) -> Path:
+    """The parent's spec (its space and strategy), as a new study with nothing queued."""
     import yaml
 
     raw = yaml.safe_load((explore / "study.yaml").read_text(encoding="utf-8"))
-    done = sorted((t for t in trials_of(storage, "explore") if t["state"] == "COMPLETE"), key=lambda t: -t["value"])
     raw["name"] = "unrefined"
-    raw["enqueue"] = [t["params"] for t in done[:3]]
+    raw["enqueue"] = []
     folder = work / "unrefined"
     folder.mkdir()
     (folder / "study.yaml").write_text("# python -m benchmarks.refine_gain\n" + yaml.safe_dump(raw, sort_keys=False))
@@ -119,18 +119,48 @@ def main(argv: list[str] | None = None) -> int:
         storage = f"sqlite:///{work / 'studies.db'}"
         explore = write_explore(work, data)
         t = time.perf_counter()
-        _study("run", "--study", str(explore), "--trials", str(args.explore_trials), "--subset", "0.3",
-               "--epochs", str(args.epochs), "--workers", "2", "--quiet")
+        _study(
+            "run",
+            "--study",
+            str(explore),
+            "--trials",
+            str(args.explore_trials),
+            "--subset",
+            "0.3",
+            "--epochs",
+            str(args.epochs),
+            "--workers",
+            "2",
+            "--quiet",
+        )
         explore_s = time.perf_counter() - t
         proc = _study("refine", "--from", str(explore), "--top-k", "3", "--subset", "1.0")
         child = work / "explore-refine"
-        unrefined = write_unrefined(work, explore, storage)
+        t = time.perf_counter()
+        _study("run", "--study", str(child), "--trials", "3", "--workers", "2", "--quiet")  # the queue
+        queue_s = time.perf_counter() - t
+        unrefined = write_unrefined(work, explore)
         load = loadavg()
         arms: dict[str, subprocess.Popen[str]] = {}
         t0 = time.time()
         for name, folder in (("refined", child), ("unrefined", unrefined)):
-            cmd = [sys.executable, "-m", "signtune", "run", "--study", str(folder), "--trials", "1000",
-                   "--subset", "1.0", "--epochs", str(args.epochs), "--timeout", str(args.budget), "--quiet"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "signtune",
+                "run",
+                "--study",
+                str(folder),
+                "--trials",
+                "1000",
+                "--subset",
+                "1.0",
+                "--epochs",
+                str(args.epochs),
+                "--timeout",
+                str(args.budget),
+                "--quiet",
+            ]
             arms[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for name, p in arms.items():
             out, _ = p.communicate()
@@ -139,15 +169,22 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"refine_gain: the {name} arm exited {p.returncode}")
         parent = trials_of(storage, "explore")
         parent_best = max(t["value"] for t in parent if t["state"] == "COMPLETE")
+        queued = [
+            t["value"] for t in trials_of(storage, "explore-refine") if t["enqueued"] and t["state"] == "COMPLETE"
+        ]
         rows = {}
         for name, study_name in (("refined", "explore-refine"), ("unrefined", "unrefined")):
-            trials = trials_of(storage, study_name)
-            best, n = best_within(trials, t0, args.budget)
-            queued = [t["value"] for t in trials if t["enqueued"] and t["state"] == "COMPLETE"]
-            new = [t for t in trials if not t["enqueued"]]
+            new = [t for t in trials_of(storage, study_name) if not t["enqueued"]]
             best_new, n_new = best_within(new, t0, args.budget)
-            rows[name] = {"best": best, "complete": n, "queued_values": queued, "best_new": best_new, "new_complete": n_new,
-                          "pruned": sum(t["state"] == "PRUNED" for t in trials)}
+            rows[name] = {
+                "best": max(v for v in [*queued, best_new] if v is not None),
+                "best_new": best_new,
+                "new_complete": n_new,
+                "pruned": sum(t["state"] == "PRUNED" and t["end"] and t["end"] - t0 <= args.budget for t in new),
+                "new_values": sorted(
+                    (t["value"] for t in new if t["state"] == "COMPLETE" and t["end"] - t0 <= args.budget), reverse=True
+                ),
+            }
         child_yaml = (child / "study.yaml").read_text(encoding="utf-8")
         space_yaml = (child / "search_space.yaml").read_text(encoding="utf-8")
     result = {
@@ -157,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         "explore_trials": args.explore_trials,
         "explore_s": round(explore_s, 1),
         "parent_best_subset_0_3": parent_best,
+        "queue_values_subset_1_0": queued,
+        "queue_s": round(queue_s, 1),
         "arms": rows,
         "load_at_start": load,
         "wall_s": round(time.perf_counter() - started, 1),
@@ -181,19 +220,26 @@ def render(r: dict[str, Any]) -> str:
         return "-" if v is None else f"{v:.1f}"
 
     a, b = r["arms"]["refined"], r["arms"]["unrefined"]
+    queue = ", ".join(f(v) for v in r["queue_values_subset_1_0"])
     lines = [
         "## 10. Explore, refine: `study refine` against the unrefined space",
         "",
         f"Command: `python -m benchmarks.refine_gain --budget {r['budget_s']:.0f}` ({r['wall_s'] / 60:.0f} min, **CPU**, "
         f"load at the arms' start {r['load_at_start']}). Explore: {r['explore_trials']} trials, subset 0.3, "
-        f"{r['epochs']} epochs, 2 workers ({r['explore_s']:.0f} s); best val BLEU {r['parent_best_subset_0_3']:.1f} at subset 0.3. "
-        f"Then `study refine --top-k 3 --subset 1.0`, and each arm gets {r['budget_s']:.0f} wall s of trials at subset 1.0, "
-        f"{r['epochs']} epochs, side by side, one worker and one thread each; both first train the parent's top 3.",
+        f"{r['epochs']} epochs, 2 workers ({r['explore_s']:.0f} s); best val BLEU {r['parent_best_subset_0_3']:.1f} "
+        f"at subset 0.3. `study refine --top-k 3 --subset 1.0`; the child's queue (the parent's top 3) at subset 1.0 "
+        f"scored {queue} ({r['queue_s']:.0f} s). Then each arm got {r['budget_s']:.0f} wall s of new trials at "
+        f"subset 1.0, {r['epochs']} epochs, side by side, one worker and one thread each.",
         "",
-        "| arm | best val BLEU within the budget | complete trials | the parent's top 3 at subset 1.0 | best of the new trials | pruned |",
-        "|---|---|---|---|---|---|",
-        f"| refined (child) | {f(a['best'])} | {a['complete']} | {', '.join(f(v) for v in a['queued_values'])} | {f(a['best_new'])} | {a['pruned']} |",
-        f"| unrefined (parent's space) | {f(b['best'])} | {b['complete']} | {', '.join(f(v) for v in b['queued_values'])} | {f(b['best_new'])} | {b['pruned']} |",
+        "| arm | best new trial | new trials complete (pruned) | new trials' values | best, with the parent's top 3 |",
+        "|---|---|---|---|---|",
+    ]
+    for name, arm in (("refined (child's space)", a), ("unrefined (parent's space)", b)):
+        values = ", ".join(f(v) for v in arm["new_values"])
+        lines.append(
+            f"| {name} | {f(arm['best_new'])} | {arm['new_complete']} ({arm['pruned']}) | {values} | {f(arm['best'])} |"
+        )
+    lines += [
         "",
         "The child's search space as `study refine` wrote it:",
         "",
