@@ -32,6 +32,8 @@ from signtune.refine import (
 )
 from signtune.space import SearchSpace, parse
 
+ROOT = Path(__file__).resolve().parents[1]
+
 SPACE = """\
 # study run --study par
 params:
@@ -555,3 +557,18 @@ def test_storage_flag_puts_the_child_on_another_storage(project: Path) -> None:
     assert raw["storage"] == "sqlite:///other.db"
     assert optuna.get_all_study_names("sqlite:///other.db") == ["elsewhere"]
     assert names(project) == ["par"]  # the parent's storage gained nothing
+
+
+def test_refine_from_a_staged_study_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    raw = yaml.safe_load((ROOT / "studies" / "demo" / "study.yaml").read_text())
+    raw["search_space"] = str(ROOT / "search_spaces" / "sign2text.yaml")
+    raw["data"]["root"] = str(tmp_path / "data")
+    raw["storage"] = f"sqlite:///{tmp_path / 'study.db'}"
+    raw["stages"] = [{"name": "arch", "params": ["model.d_model"], "trials": 2}]
+    (tmp_path / "staged").mkdir()
+    (tmp_path / "staged" / "study.yaml").write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["refine", "--from", str(tmp_path / "staged")])
+    assert result.exit_code == 2, result.output
+    assert "is a staged study" in result.output and "promote-best" in result.output
+    assert not (tmp_path / "staged-refine").exists() and not (tmp_path / "study.db").exists()

@@ -74,6 +74,18 @@ def refine(
         raise ConfigError(problems)
 
     parent, parent_space, _ = _load_parent(from_)
+    from signtune.stages import has_stages
+
+    if has_stages(parent):
+        raise ConfigError(
+            Problem(
+                f"--from {from_}",
+                f"is a staged study ({parent.path} has a `stages:` list), and refine derives a child "
+                "from one study's trials, not from a chain of stages",
+                "add a stage with the narrower params to its `stages:` list, or promote the last stage "
+                f"with `study promote-best --study {from_}`",
+            )
+        )
     settled, _ = stored_settings(parent, {})
     parent_epochs = int(settled.get("fixed.run.epochs", parent.epochs))
     study = open_study(parent, create=False)
