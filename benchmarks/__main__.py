@@ -572,6 +572,9 @@ def render(results: dict[str, Any], mach: dict[str, str], suite_s: float, data: 
     from benchmarks.replay_report import embedded_section as replay_section
 
     sections.append(replay_section())  # written by python -m benchmarks.replay, kept on every rerun
+    from benchmarks.refine_gain import embedded_section as refine_section
+
+    sections.append(refine_section())  # written by python -m benchmarks.refine_gain, kept on every rerun
     timing = _table(["benchmark", "seconds"], [[k, f"{v:.0f}"] for k, v in notes.get("durations", {}).items()])
     tail = ["## Suite timing", timing,
             "`$DATA` in the commands is the temporary folder the suite generated the demo data into "

@@ -250,5 +250,16 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def embedded_section() -> str:
+    """The section between its markers, from ``refine_gain.json``, as the suite's RESULTS.md keeps it."""
+    path = ROOT / "benchmarks" / "refine_gain.json"
+    text = (
+        render(json.loads(path.read_text(encoding="utf-8")))
+        if path.is_file()
+        else "## 10. Explore, refine\n\nPending.\n"
+    )
+    return f"{BEGIN}\n\n{text.strip()}\n\n{END}"
+
+
 if __name__ == "__main__":
     sys.exit(main())
