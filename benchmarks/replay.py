@@ -74,8 +74,8 @@ class Problem:
     aux_metric: str | None  # a second metric the task reports (val_loss for the demo)
     curve: Callable[[dict[str, Any]], Curve]
     final: Callable[[list[dict[str, float]]], float]  # a trial's objective from its reports
-    known_good: list[dict[str, Any]]  # priors: configs a researcher would try first
-    baseline_known_good: list[dict[str, Any]]  # what today's spec enqueues
+    known_good: list[dict[str, Any]]  # priors: the spec's known-good configs plus published recipes
+    baseline_known_good: list[dict[str, Any]]  # what the spec enqueues
     target: float
     target_rule: str
     time_unit: str
@@ -280,24 +280,26 @@ def strategies(problem: Problem) -> dict[str, dict[str, Any]]:
             "enqueue": None,
         },
         "gp": {"sampler": {"name": "gp", "n_startup_trials": 10}, "pruner": {"name": "none"}, "enqueue": None},
-        "new": {"sampler": {"name": "auto"}, "pruner": new_pruner, "enqueue": "known"},
+        # The demo as shipped: auto sampler and pruner, pruning on val_loss, its enqueued config.
+        "new": {"sampler": {"name": "auto"}, "pruner": new_pruner, "enqueue": "baseline"},
+        "new-recipe": {"sampler": {"name": "auto"}, "pruner": new_pruner, "enqueue": "known"},
         # Variants that isolate one choice of ``new`` (not run unless named in --setups).
         "new-no-priors": {"sampler": {"name": "auto"}, "pruner": new_pruner, "enqueue": None},
-        "new-objective-signal": {"sampler": {"name": "auto"}, "pruner": {"name": "auto"}, "enqueue": "known"},
+        "new-objective-signal": {"sampler": {"name": "auto"}, "pruner": {"name": "auto"}, "enqueue": "baseline"},
         "new-sha": {
             "sampler": {"name": "auto"},
             "pruner": {**new_pruner, "name": "sha", "min_resource": 1, "reduction_factor": 3},
-            "enqueue": "known",
+            "enqueue": "baseline",
         },
         "new-sha4": {
             "sampler": {"name": "auto"},
             "pruner": {**new_pruner, "name": "sha", "min_resource": 1, "reduction_factor": 4},
-            "enqueue": "known",
+            "enqueue": "baseline",
         },
         "new-hyperband": {
             "sampler": {"name": "auto"},
             "pruner": {**new_pruner, "name": "hyperband", "min_resource": 1, "reduction_factor": 3},
-            "enqueue": "known",
+            "enqueue": "baseline",
         },
         "new-sha-no-priors": {
             "sampler": {"name": "auto"},
@@ -307,7 +309,7 @@ def strategies(problem: Problem) -> dict[str, dict[str, Any]]:
         "new-startup-10": {
             "sampler": {"name": "tpe", "n_startup_trials": 10},
             "pruner": new_pruner,
-            "enqueue": "known",
+            "enqueue": "baseline",
         },
     }
 

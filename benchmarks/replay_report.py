@@ -32,7 +32,8 @@ LABELS = {
     "optuna": "plain Optuna defaults (TPESampler() + MedianPruner())",
     "hyperband": "TPE + Hyperband (min 1 epoch, factor 3)",
     "gp": "GPSampler, no pruning",
-    "new": "new defaults (sampler: auto, pruner: auto on val_loss for the demo, known-good configs first)",
+    "new": "new defaults (sampler: auto, pruner: auto on val_loss for the demo; the spec's known-good config first)",
+    "new-recipe": "new defaults plus SSVP-SLT's published T5 recipe queued second",
 }
 
 

@@ -95,7 +95,11 @@ def test_simulated_clock_runs_workers_in_parallel(demo: replay.Problem) -> None:
 
 def test_known_good_configs_are_tried_first(demo: replay.Problem) -> None:
     logs = sorted(_run(demo, "new", 10, 1, seed=0), key=lambda t: t.number)
-    assert [t.params for t in logs[: len(demo.known_good)]] == demo.known_good
+    assert [t.params for t in logs[: len(demo.baseline_known_good)]] == demo.baseline_known_good
+    logs = sorted(_run(demo, "new-recipe", 10, 4, seed=0), key=lambda t: t.number)
+    assert len(demo.known_good) == 2  # the spec's config, then SSVP-SLT's recipe
+    assert [t.params for t in logs[:2]] == demo.known_good
+    assert all(t.params not in demo.known_good for t in logs[2:])
     baseline = sorted(_run(demo, "random", 10, 1, seed=0), key=lambda t: t.number)
     assert baseline[0].params not in demo.known_good  # plain random search has no priors
 
