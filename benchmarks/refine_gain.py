@@ -224,7 +224,8 @@ def render(r: dict[str, Any]) -> str:
     lines = [
         "## 10. Explore, refine: `study refine` against the unrefined space",
         "",
-        f"Command: `python -m benchmarks.refine_gain --budget {r['budget_s']:.0f}` ({r['wall_s'] / 60:.0f} min, **CPU**, "
+        f"Command: `python -m benchmarks.refine_gain --budget {r['budget_s']:.0f}` "
+        f"({r['wall_s'] / 60:.0f} min, **CPU**, "
         f"load at the arms' start {r['load_at_start']}). Explore: {r['explore_trials']} trials, subset 0.3, "
         f"{r['epochs']} epochs, 2 workers ({r['explore_s']:.0f} s); best val BLEU {r['parent_best_subset_0_3']:.1f} "
         f"at subset 0.3. `study refine --top-k 3 --subset 1.0`; the child's queue (the parent's top 3) at subset 1.0 "

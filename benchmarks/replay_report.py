@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.replay import Cell, Problem, _problem, _run_cell, plan, ratio, summarise
+from benchmarks.replay import Cell, Problem, _problem, _run_cell, plan, ratio, seeds_for, summarise
 
 HERE = Path(__file__).resolve().parent
 SECTION_MD = HERE / "replay" / "RESULTS_REPLAY.md"  # the section RESULTS.md embeds
@@ -44,7 +44,12 @@ def run_and_report(args: argparse.Namespace, started: float) -> int:
     # Slow cells first, so the pool's two processes finish together.
     weight = {"gp": 40.0, "random": 0.2}
     order = sorted(cells, key=lambda c: -c.trials * c.workers**0.2 * weight.get(c.setup, 1.0))
-    chunks = [(c, seeds[i : i + 10], args.table) for c in order for i in range(0, len(seeds), 10)]
+    chunks = [
+        (c, cell_seeds[i : i + 10], args.table)
+        for c in order
+        for cell_seeds in [seeds_for(c, args)]
+        for i in range(0, len(cell_seeds), 10)
+    ]
     results: dict[Cell, list[dict[str, Any]]] = {c: [] for c in cells}
     with mp.get_context("fork").Pool(args.jobs) as pool:
         for n, (cell, runs) in enumerate(pool.imap_unordered(_run_cell, chunks), start=1):
@@ -86,17 +91,17 @@ def run_and_report(args: argparse.Namespace, started: float) -> int:
     if args.into:
         from benchmarks.gpu.render import splice
 
-        SECTION_MD.parent.mkdir(parents=True, exist_ok=True)
-        SECTION_MD.write_text(section, encoding="utf-8")
+        section_md = out / SECTION_MD.name  # benchmarks/replay/RESULTS_REPLAY.md with the default --out
+        section_md.write_text(section, encoding="utf-8")
         target = Path(args.into)
         target.write_text(splice(target.read_text(encoding="utf-8"), section, BEGIN, END), encoding="utf-8")
-        print(f"wrote {SECTION_MD} and its copy in {target}")
+        print(f"wrote {section_md} and its copy in {target}")
     print(f"replay: {len(cells)} cells x {len(seeds)} seeds in {wall:.0f} s with {args.jobs} processes -> {out}")
     return 0
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
-    out = [f"--seeds {args.seeds}"]
+    out = [f"--seeds {args.seeds}", f"--gp-seeds {args.gp_seeds}"]
     if args.full:
         out.append("--full")
     return out
@@ -130,10 +135,10 @@ def markdown(summary: dict[str, Any], problems: dict[str, Problem]) -> str:
         )
         lines.append("")
         lines.append(
-            "| trials | workers | set-up | median time to target | reached | median best | pruned "
+            "| trials | workers | set-up | seeds | median time to target | reached | median best | pruned "
             "| vs random | vs today |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         mine = [r for r in rows if r["problem"] == name]
         for trials in sorted({r["trials"] for r in mine}):
             for workers in sorted({r["workers"] for r in mine}):
@@ -142,7 +147,8 @@ def markdown(summary: dict[str, Any], problems: dict[str, Problem]) -> str:
                     vs_random = ratio(group["random"]["median_ttt"], r["median_ttt"]) if "random" in group else math.nan
                     vs_today = ratio(group["today"]["median_ttt"], r["median_ttt"]) if "today" in group else math.nan
                     lines.append(
-                        f"| {trials} | {workers} | {setup} | {_fmt_t(r['median_ttt'])} | {r['reached']:.0%} "
+                        f"| {trials} | {workers} | {setup} | {r['seeds']} | {_fmt_t(r['median_ttt'])} "
+                        f"| {r['reached']:.0%} "
                         f"| {r['median_best']:.3g} | {r['pruned_share']:.0%} "
                         f"| {_fmt_ratio(vs_random)} | {_fmt_ratio(vs_today)} |"
                     )
@@ -249,25 +255,50 @@ def checks(summary: dict[str, Any]) -> list[list[str]]:
         out.append(["demo, 30 trials, 1 worker: new >= 3x faster to target than random", _fmt_ratio(r), status(r >= 3)])
     if new and today:
         r = ratio(today["median_ttt"], new["median_ttt"])
-        out.append(["demo, 30 trials, 1 worker: new >= 1.5x faster than today's defaults", _fmt_ratio(r), status(r >= 1.5)])
+        out.append(
+            ["demo, 30 trials, 1 worker: new >= 1.5x faster than today's defaults", _fmt_ratio(r), status(r >= 1.5)]
+        )
     if new:
-        out.append(["demo, 30 trials, 1 worker: target reached in >= 90% of seeds", f"{new['reached']:.0%}",
-                    status(new["reached"] >= 0.9)])
+        out.append(
+            [
+                "demo, 30 trials, 1 worker: target reached in >= 90% of seeds",
+                f"{new['reached']:.0%}",
+                status(new["reached"] >= 0.9),
+            ]
+        )
     for dims in (3, 6):
-        good_new, good_rnd = _row(summary, f"mfh{dims}-good", "new", 30, 1), _row(summary, f"mfh{dims}-good", "random", 30, 1)
+        good_new, good_rnd = (
+            _row(summary, f"mfh{dims}-good", "new", 30, 1),
+            _row(summary, f"mfh{dims}-good", "random", 30, 1),
+        )
         if good_new and good_rnd:
             r = ratio(good_rnd["median_ttt"], good_new["median_ttt"])
-            out.append([f"MF-Hartmann {dims}-d, good prior: new >= 3x faster than random", _fmt_ratio(r), status(r >= 3)])
-        bad_new, bad_rnd = _row(summary, f"mfh{dims}-bad", "new", 30, 1), _row(summary, f"mfh{dims}-bad", "random", 30, 1)
+            out.append(
+                [f"MF-Hartmann {dims}-d, good prior: new >= 3x faster than random", _fmt_ratio(r), status(r >= 3)]
+            )
+        bad_new, bad_rnd = (
+            _row(summary, f"mfh{dims}-bad", "new", 30, 1),
+            _row(summary, f"mfh{dims}-bad", "random", 30, 1),
+        )
         if bad_new and bad_rnd:
             r = ratio(bad_rnd["median_ttt"], bad_new["median_ttt"])
             slower = 1 / r if r and math.isfinite(r) else math.inf
-            out.append([f"MF-Hartmann {dims}-d, bad prior: new at most 1.25x slower than random",
-                        f"{slower:.2f}x slower" if math.isfinite(slower) else _fmt_ratio(r), status(slower <= 1.25)])
+            out.append(
+                [
+                    f"MF-Hartmann {dims}-d, bad prior: new at most 1.25x slower than random",
+                    f"{slower:.2f}x slower" if math.isfinite(slower) else _fmt_ratio(r),
+                    status(slower <= 1.25),
+                ]
+            )
     ranks = {w: _ranking(summary, "demo", 30, w) for w in (1, 4)}
     if ranks[1] and ranks[4]:
-        out.append(["demo, 30 trials: the same ranking with 4 workers as with 1",
-                    f"1: {' < '.join(ranks[1])}; 4: {' < '.join(ranks[4])}", status(ranks[1] == ranks[4])])
+        out.append(
+            [
+                "demo, 30 trials: the same ranking with 4 workers as with 1",
+                f"1: {' < '.join(ranks[1])}; 4: {' < '.join(ranks[4])}",
+                status(ranks[1] == ranks[4]),
+            ]
+        )
     return out
 
 

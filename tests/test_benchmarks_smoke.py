@@ -5,6 +5,7 @@ Keeps ``python -m benchmarks`` from rotting; the figures themselves are not chec
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,39 @@ if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the repository, not
     sys.path.insert(0, str(ROOT))
 
 pytestmark = pytest.mark.slow
+
+
+def test_replay_runs_end_to_end(tmp_path: Path) -> None:
+    from benchmarks import replay
+
+    into = tmp_path / "RESULTS.md"
+    into.write_text("# Benchmarks\n\n## Suite timing\n")
+    out = tmp_path / "replay"
+    rc = replay.main(
+        [
+            "--quick",
+            "--seeds",
+            "2",
+            "--problems",
+            "mfh3-good",
+            "--setups",
+            "random",
+            "new",
+            "--jobs",
+            "1",
+            "--out",
+            str(out),
+            "--into",
+            str(into),
+        ]
+    )
+    assert rc == 0
+    summary = json.loads((out / "results.json").read_text())
+    assert {(r["setup"], r["seeds"]) for r in summary["rows"]} == {("random", 2), ("new", 2)}
+    assert (out / "curves.png").stat().st_size > 1000 and "plotly" in (out / "curves.html").read_text()
+    text = into.read_text()
+    assert "<!-- replay:begin" in text and "| 30 | 1 | new | 2 |" in text
+    assert text.index("<!-- replay:end -->") < text.index("## Suite timing")
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +155,7 @@ def test_tuning_efficiency(data: Path, tmp_path: Path, results: dict[str, Any]) 
             str(html),
         ]
     )
-    assert set(r["summary"]) == {"ours", "plain_tpe", "random"}
+    assert set(r["summary"]) == {"ours", "plain_tpe", "random", "today"}
     assert [c["vs"] for c in r["checks"]] == ["plain_tpe", "random"]
     assert "<html>" in html.read_text()
     results["tuning"] = r
