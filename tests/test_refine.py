@@ -572,3 +572,12 @@ def test_refine_from_a_staged_study_is_refused(tmp_path: Path, monkeypatch: pyte
     assert result.exit_code == 2, result.output
     assert "is a staged study" in result.output and "promote-best" in result.output
     assert not (tmp_path / "staged-refine").exists() and not (tmp_path / "study.db").exists()
+
+
+def test_past_the_low_end_an_even_int_choice_halves() -> None:
+    from signtune.refine import edge_neighbour
+
+    assert edge_neighbour([64, 192], [64]) == (32, "low")  # not 64 - 128 < 0, nor 64 * 64 / 192 = 21
+    assert edge_neighbour([64, 128, 192], [64, 64]) == (32, "low")
+    assert edge_neighbour([16, 32, 64], [64]) == (96, "high")
+    assert edge_neighbour([0.1, 0.3], [0.1]) is not None

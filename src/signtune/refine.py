@@ -209,11 +209,12 @@ def _is_number(x: Any) -> bool:
 
 
 def _beyond(end: Any, inner: Any, all_positive: bool) -> Any | None:
-    """The next value past ``end``, one step of ``end - inner`` on (geometric where that would
-    cross zero among positive choices); ints stay ints."""
+    """The next value past ``end``, one step of ``end - inner`` on; where that would cross zero
+    among positive choices, half of ``end`` for an even int (64 -> 32 keeps the divisibility
+    sizes such as d_model need), else geometric. Ints stay ints."""
     nxt = end + (end - inner)
     if all_positive and nxt <= 0:
-        nxt = end * end / inner
+        nxt = end // 2 if isinstance(end, int) and end % 2 == 0 else end * end / inner
     if isinstance(end, int) and isinstance(inner, int):
         nxt = round(nxt)
     if nxt == end or (all_positive and nxt <= 0):
