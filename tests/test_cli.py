@@ -27,7 +27,7 @@ CASES = [
     # (id, edit of study.yaml as (old, new) or None, extra args, expected fragment)
     ("malformed-yaml", ("budget:\n  trials: 30", "budget:\n  trials: 30\n   subset: [1"), [], "not valid YAML"),
     ("unknown-key", ("sampler:\n", "samplr:\n  x: 1\nsampler:\n"), [], "samplr: is not a known key"),
-    ("unknown-sampler", ("name: tpe ", "name: tpee "), [], "sampler.name: must be one of ['auto', 'tpe', 'random', 'gp']"),
+    ("unknown-sampler", ("name: auto ", "name: tpee "), [], "sampler.name: must be one of ['auto', 'tpe', 'random', 'gp']"),
     ("float-as-string", ("  eval.max_len: 32", "  eval.max_len: 32\n  optim.lr: 1e-5"), [], "write 1.0e-5"),
     ("bad-trials-flag", None, ["--trials", "0"], "budget.trials: must be >= 1"),
     ("bad-subset-flag", None, ["--subset", "2"], "budget.subset: must be in (0, 1]"),
