@@ -23,7 +23,7 @@ from signtune.errors import ConfigError, Diverged, StopTrial
 from signtune.models import SignTransformer, build_model
 from signtune.train.loop import FitResult, evaluate, fit, validation_max_len
 
-KEYS = {"train_loss", "val_bleu", "val_chrf", "lr", "epoch_time_s", "eval_time_s"}
+KEYS = {"train_loss", "val_bleu", "val_chrf", "val_loss", "lr", "epoch_time_s", "eval_time_s"}
 
 
 def toy_cfg(epochs: int = 2, *, batch_size: int = 16, dropout: float = 0.1, **optim: float) -> TrainConfig:
@@ -60,6 +60,8 @@ def test_fit_learns_the_toy_task(toy_data: TaskData) -> None:
     assert all(set(m) == KEYS for _, m in calls)
     losses = [m["train_loss"] for _, m in calls]
     assert losses[-1] < 0.5 * losses[0]
+    val_losses = [m["val_loss"] for _, m in calls]  # teacher-forced, no smoothing: falls as BLEU rises
+    assert val_losses[-1] < 0.5 * val_losses[0] and all(v > 0 for v in val_losses)
     assert result.best["val_bleu"] > calls[0][1]["val_bleu"] + 15
     assert result.best["val_bleu"] == max(m["val_bleu"] for _, m in calls)
     assert result.best == result.history[int(result.best["epoch"]) - 1]
