@@ -797,3 +797,35 @@ def test_stop_trial_from_the_task_is_a_pruned_trial_with_its_reason(spec: StudyS
     )
     assert trial.state == TrialState.PRUNED
     assert trial.user_attrs["reason"] == "plateau" and trial.user_attrs["reason_detail"] == "no gain"
+
+
+def test_a_pruned_trial_is_shown_and_exported_with_its_objective_value(tmp_path: Path) -> None:
+    """Optuna keeps a pruned trial's last intermediate value (here -val_loss) as its value; the
+    batch line and trials.csv show the objective's best so far instead."""
+    import csv
+    import io
+
+    from rich.console import Console
+
+    from signtune.cli.progress import Reporter
+    from signtune.export import write_trials_csv
+
+    study = new_study()
+    trial = study.ask()
+    trial.report(-5.16, 1)
+    trial.set_user_attr("value_so_far", 0.25)
+    study.tell(trial, state=TrialState.PRUNED)
+    frozen = study.get_trials(deepcopy=False)[0]
+    assert frozen.value == -5.16  # what Optuna stores
+
+    buf = io.StringIO()
+    reporter = Reporter(
+        "lines", out=Console(file=buf, width=200), err=Console(file=io.StringIO()), metric="val_bleu", epochs=3
+    )
+    reporter.on_trial(frozen, None, None)
+    assert "trial 0 pruned  val_bleu 0.25" in buf.getvalue(), buf.getvalue()
+
+    path = tmp_path / "trials.csv"
+    write_trials_csv(study.get_trials(), path)
+    row = next(csv.DictReader(path.open()))
+    assert float(row["value"]) == 0.25

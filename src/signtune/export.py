@@ -143,9 +143,12 @@ def write_trials_csv(trials: list[FrozenTrial], path: Path) -> None:
         w = csv.writer(f)
         w.writerow(["number", "state", "value", *attr_names, *param_names])
         for t in trials:
+            # A pruned trial's Optuna value is its last intermediate value (the pruning metric,
+            # e.g. -val_loss); the csv gives the objective's best before it stopped instead.
+            value = t.user_attrs.get("value_so_far", t.value) if t.state == TrialState.PRUNED else t.value
             w.writerow(
                 masked(
-                    [t.number, t.state.name, "" if t.value is None else t.value]
+                    [t.number, t.state.name, "" if value is None else value]
                     + [t.user_attrs.get(a, "") for a in attr_names]
                     + [t.params.get(p, "") for p in param_names]
                 )

@@ -142,8 +142,8 @@ class Reporter:
             return
         state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(trial.state, "failed")
         value = trial.value
-        if value is None:  # pruned: the objective's best before it stopped
-            value = trial.user_attrs.get("value_so_far")
+        if state == "pruned":  # Optuna keeps the last intermediate value, which may be -val_loss
+            value = trial.user_attrs.get("value_so_far", value)
         epochs = trial.user_attrs.get("epochs_run", len(trial.intermediate_values))
         wall = trial.user_attrs.get("wall_time_s")
         reason = str(trial.user_attrs.get("reason", "")) if state != "complete" else ""
