@@ -31,6 +31,7 @@ ends is cut at its next epoch and not counted. Seeds vary the sampler's seed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -234,13 +235,14 @@ def same_proposals(seeds: int, trials: int) -> bool:
     from benchmarks.common import ROOT
     from signtune.space import parse, suggest
     from signtune.spec import load_spec
+    from signtune.study import build_sampler
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     demo = load_spec(str(ROOT / "studies" / "demo" / "study.yaml"))
     space = parse(demo.search_space)
     for seed in range(seeds):
         samplers = [
-            optuna.samplers.TPESampler(seed=seed, n_startup_trials=demo.sampler.n_startup_trials),
+            build_sampler(dataclasses.replace(demo, sampler=dataclasses.replace(demo.sampler, seed=seed))),
             optuna.samplers.TPESampler(seed=seed),
             optuna.samplers.RandomSampler(seed=seed),
         ]
