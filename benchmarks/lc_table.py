@@ -18,7 +18,8 @@ sequence. Configs whose training diverges keep their epochs up to the divergence
 
 One JSON object per line is appended as each config finishes, so Ctrl-C loses only the configs
 in progress and the same command goes on. Run it on an otherwise idle machine: epoch CPU
-seconds are what the replay's clock uses, and wall seconds are kept for reference.
+seconds are what the replay's clock uses (one thread, so other jobs barely move them); wall
+seconds are kept for reference and include any pause of the builder (SIGSTOP).
 """
 
 from __future__ import annotations
