@@ -308,6 +308,21 @@ def strategies(problem: Problem) -> dict[str, dict[str, Any]]:
             "pruner": {**new_pruner, "name": "sha", "min_resource": 1, "reduction_factor": 3},
             "enqueue": None,
         },
+        "new-sha2": {
+            "sampler": {"name": "auto"},
+            "pruner": {**new_pruner, "name": "sha", "min_resource": 2, "reduction_factor": 3},
+            "enqueue": "baseline",
+        },
+        "new-hyperband2": {
+            "sampler": {"name": "auto"},
+            "pruner": {**new_pruner, "name": "hyperband", "min_resource": 2, "reduction_factor": 3},
+            "enqueue": "baseline",
+        },
+        "new-median-warmup1": {
+            "sampler": {"name": "auto"},
+            "pruner": {**new_pruner, "name": "median", "n_startup_trials": 3, "n_warmup_steps": 1},
+            "enqueue": "baseline",
+        },
         "new-startup-10": {
             "sampler": {"name": "tpe", "n_startup_trials": 10},
             "pruner": new_pruner,
