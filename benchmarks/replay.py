@@ -264,6 +264,11 @@ def strategies(problem: Problem) -> dict[str, dict[str, Any]]:
     new_pruner: dict[str, Any] = {"name": "auto"}
     if aux:
         new_pruner["metric"] = aux
+    def rungs(name: str, min_resource: int, factor: int, enqueue: str | None = "baseline") -> dict[str, Any]:
+        """``new`` with successive halving or Hyperband on the same metric instead of the median."""
+        pruner = {**new_pruner, "name": name, "min_resource": min_resource, "reduction_factor": factor}
+        return {"sampler": {"name": "auto"}, "pruner": pruner, "enqueue": enqueue}
+
     return {
         "random": {"sampler": {"name": "random"}, "pruner": {"name": "none"}, "enqueue": None},
         "today": {
@@ -288,41 +293,12 @@ def strategies(problem: Problem) -> dict[str, dict[str, Any]]:
         # Variants that isolate one choice of ``new`` (not run unless named in --setups).
         "new-no-priors": {"sampler": {"name": "auto"}, "pruner": new_pruner, "enqueue": None},
         "new-objective-signal": {"sampler": {"name": "auto"}, "pruner": {"name": "auto"}, "enqueue": "baseline"},
-        "new-sha": {
-            "sampler": {"name": "auto"},
-            "pruner": {**new_pruner, "name": "sha", "min_resource": 1, "reduction_factor": 3},
-            "enqueue": "baseline",
-        },
-        "new-sha4": {
-            "sampler": {"name": "auto"},
-            "pruner": {**new_pruner, "name": "sha", "min_resource": 1, "reduction_factor": 4},
-            "enqueue": "baseline",
-        },
-        "new-hyperband": {
-            "sampler": {"name": "auto"},
-            "pruner": {**new_pruner, "name": "hyperband", "min_resource": 1, "reduction_factor": 3},
-            "enqueue": "baseline",
-        },
-        "new-sha-no-priors": {
-            "sampler": {"name": "auto"},
-            "pruner": {**new_pruner, "name": "sha", "min_resource": 1, "reduction_factor": 3},
-            "enqueue": None,
-        },
-        "new-sha2": {
-            "sampler": {"name": "auto"},
-            "pruner": {**new_pruner, "name": "sha", "min_resource": 2, "reduction_factor": 3},
-            "enqueue": "baseline",
-        },
-        "new-hyperband2": {
-            "sampler": {"name": "auto"},
-            "pruner": {**new_pruner, "name": "hyperband", "min_resource": 2, "reduction_factor": 3},
-            "enqueue": "baseline",
-        },
-        "new-median-warmup1": {
-            "sampler": {"name": "auto"},
-            "pruner": {**new_pruner, "name": "median", "n_startup_trials": 3, "n_warmup_steps": 1},
-            "enqueue": "baseline",
-        },
+        "new-sha": rungs("sha", 1, 3),
+        "new-sha4": rungs("sha", 1, 4),
+        "new-sha2": rungs("sha", 2, 3),
+        "new-hyperband": rungs("hyperband", 1, 3),
+        "new-hyperband2": rungs("hyperband", 2, 3),
+        "new-sha-no-priors": rungs("sha", 1, 3, enqueue=None),
         "new-startup-10": {
             "sampler": {"name": "tpe", "n_startup_trials": 10},
             "pruner": new_pruner,
