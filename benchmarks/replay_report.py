@@ -32,7 +32,12 @@ LABELS = {
     "optuna": "plain Optuna defaults (TPESampler() + MedianPruner())",
     "hyperband": "TPE + Hyperband (min 1 epoch, factor 3)",
     "gp": "GPSampler, no pruning",
-    "new": "new defaults (sampler: auto, pruner: auto on val_loss for the demo; the spec's known-good config first)",
+    "new": (
+        "new defaults (sampler: auto; pruner: auto, i.e. successive halving on val_loss for the demo, the median "
+        "on the objective for MF-Hartmann; the spec's known-good config first)"
+    ),
+    "new-median": "new defaults with the median pruner (3 start-up trials, from epoch 1) instead of halving",
+    "new-sha-objective": "new defaults with successive halving on the objective itself instead of an early signal",
     "new-recipe": "new defaults plus SSVP-SLT's published T5 recipe queued second",
 }
 
@@ -181,6 +186,8 @@ def plot(problems: dict[str, Problem], curves: dict[str, list[list[tuple[float, 
         "hyperband": "#ff7f0e",
         "gp": "#2ca02c",
         "new": "#d62728",
+        "new-median": "#e377c2",
+        "new-sha-objective": "#8c564b",
     }
     for i, (pname, trials, workers) in enumerate(panels):
         problem = problems[pname]

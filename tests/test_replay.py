@@ -114,8 +114,9 @@ def test_no_duplicate_suggestions_with_four_workers(demo: replay.Problem) -> Non
 def test_pruning_on_val_loss_prunes_from_the_first_epoch(demo: replay.Problem) -> None:
     logs = _run(demo, "new", 40, 1, seed=0)
     pruned = [t for t in logs if t.state == "pruned"]
-    assert pruned, "the median pruner on val_loss pruned nothing"
-    assert min(t.epochs for t in pruned) == 1  # warm-up 0: bad curves stop after one epoch
+    assert pruned, "successive halving on val_loss pruned nothing"
+    assert min(t.epochs for t in pruned) == 1  # the first rung is epoch 1: bad curves stop there
+    assert {t.epochs for t in pruned} <= {1, 3}  # rungs at epochs 1 and 3 of 8
     spec = replay.make_spec(demo, replay.strategies(demo)["new"], 40, 0)
     assert pruning_metric(spec) == ("val_loss", "minimize")
 
@@ -173,15 +174,26 @@ def test_startup_is_sized_to_the_budget(trials: int, startup: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("epochs", "pruner"),
-    [(1, optuna.pruners.NopPruner), (2, optuna.pruners.NopPruner), (8, optuna.pruners.MedianPruner)],
+    ("epochs", "metric", "pruner"),
+    [
+        (1, "val_loss", optuna.pruners.NopPruner),
+        (2, None, optuna.pruners.NopPruner),
+        (8, "val_loss", optuna.pruners.SuccessiveHalvingPruner),  # an early signal: halving from epoch 1
+        (8, None, optuna.pruners.MedianPruner),  # the objective itself: the gentler median
+        (8, "val_bleu", optuna.pruners.MedianPruner),  # naming the objective's metric is the same
+        (20, "val_loss", optuna.pruners.SuccessiveHalvingPruner),
+    ],
 )
-def test_auto_pruner_follows_the_epochs(epochs: int, pruner: type) -> None:
-    spec = _spec(30, epochs, pruner={"name": "auto", "metric": "val_loss"})
-    assert isinstance(build_pruner(spec), pruner)
+def test_auto_pruner_follows_the_epochs_and_the_signal(epochs: int, metric: str | None, pruner: type) -> None:
+    spec = _spec(30, epochs, pruner={"name": "auto", "metric": metric})
+    built = build_pruner(spec)
+    assert isinstance(built, pruner)
     resolved = resolve_strategy(spec)
-    assert resolved.pruner.name in ("median", "none")
     assert resolved.sampler.name == "tpe"
+    if isinstance(built, optuna.pruners.SuccessiveHalvingPruner):
+        assert (resolved.pruner.min_resource, resolved.pruner.reduction_factor) == (1, 3)
+    if isinstance(built, optuna.pruners.MedianPruner):
+        assert (resolved.pruner.n_startup_trials, resolved.pruner.n_warmup_steps) == (3, 0)
 
 
 @pytest.mark.parametrize(
