@@ -264,6 +264,7 @@ def strategies(problem: Problem) -> dict[str, dict[str, Any]]:
     new_pruner: dict[str, Any] = {"name": "auto"}
     if aux:
         new_pruner["metric"] = aux
+
     def rungs(name: str, min_resource: int, factor: int, enqueue: str | None = "baseline") -> dict[str, Any]:
         """``new`` with other rungs: successive halving or Hyperband on the same metric."""
         pruner = {**new_pruner, "name": name, "min_resource": min_resource, "reduction_factor": factor}
@@ -543,7 +544,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 4])
     p.add_argument("--problems", nargs="+", default=["demo", "mfh3-good", "mfh3-bad", "mfh6-good", "mfh6-bad"])
     p.add_argument(
-        "--setups", nargs="+", default=["random", "today", "optuna", "hyperband", "gp", "new", "new-median", "new-sha-objective"]
+        "--setups",
+        nargs="+",
+        default=["random", "today", "optuna", "hyperband", "gp", "new", "new-median", "new-sha-objective"],
     )
     p.add_argument("--table", default=str(ROOT / "benchmarks" / "data" / "lc_demo.jsonl"))
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
