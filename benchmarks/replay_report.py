@@ -317,6 +317,19 @@ def _ranking(summary: dict[str, Any], problem: str, trials: int, workers: int) -
     return [r["setup"] for r in sorted(rows, key=lambda r: (r["median_ttt"], -r["reached"], -sign * r["median_best"]))]
 
 
+def _priors_line(demo: Problem) -> str:
+    """What the demo's known-good configs score in the table, against the target."""
+    labels = ("the demo's enqueued config", "the same with SSVP-SLT's recipe")
+    finals = [demo.final(demo.curve(cfg).metrics) for cfg in demo.known_good]
+    scored = "; ".join(f"{label} scores {v:.1f} BLEU" for label, v in zip(labels, finals, strict=True))
+    if all(not demo.reached(v) for v in finals):
+        why = "both are below the target at this fidelity, so `new` pays for one poor full trial first, as a "
+        why += "study with a wrong prior would"
+    else:
+        why = "a prior at or above the target reaches it with the first trial"
+    return f"Priors on the demo: {scored} (target {demo.target:g}): {why}."
+
+
 def render_section(summary: dict[str, Any], problems: dict[str, Problem], tables: str, out: Path) -> str:
     demo = problems.get("demo")
     lines = [
@@ -343,6 +356,8 @@ def render_section(summary: dict[str, Any], problems: dict[str, Problem], tables
             f"Early signal in the table itself: epoch-1 val loss ranks the configs' best BLEU with "
             f"Spearman {rc['epoch1_val_loss_vs_best_bleu']:.2f}, epoch-1 val BLEU with "
             f"{rc['epoch1_val_bleu_vs_best_bleu']:.2f}.",
+            "",
+            _priors_line(demo),
             "",
         ]
     lines += [tables, "", f"Curves: `{out.name}/curves.png`, `{out.name}/curves.html` (median best-so-far over seeds)."]

@@ -6,9 +6,9 @@ The demo problem made smaller to fit the suite: ``--subset`` of the demo's 3000 
 (0.2: 600) and ``--epochs`` per trial (6), the demo's search space, val BLEU-4 on the whole
 300-clip val split. Three set-ups, each searching for ``--budget`` wall seconds per seed:
 
-- ``ours``: ``signtune.runner.run_study`` with the demo spec's TPE (8 start-up trials) and
-  median pruner (5 start-up trials, 2 warm-up epochs), one worker, our ``fit``; the data load
-  (``task.prepare``, cold) is on the clock;
+- ``ours``: ``signtune.runner.run_study`` with the demo spec as shipped (``sampler: auto``:
+  TPE with a start-up sized to the budget; ``pruner: auto`` on ``val_loss``: successive halving
+  from epoch 1), one worker, our ``fit``; the data load (``task.prepare``, cold) is on the clock;
 - ``plain_tpe``: plain ``optuna.create_study`` (in memory) with ``TPESampler(seed)`` and no
   pruning, driving the naive loop of ``benchmarks/naive.py`` (per-clip file-reading DataLoader,
   ``loss.item()`` per step); after every epoch it scores BLEU on the first 30 val clips with
@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--inline", action="store_true",
                     help="run the set-ups one after another in this process (the smoke test), not side by side")
     ap.add_argument("--html", type=Path, default=Path(__file__).with_name("tuning_efficiency.html"))
+    ap.add_argument("--json", type=Path, default=None, help="also write the whole result here")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
@@ -434,6 +435,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"complete {v['trials_complete']} pruned {v['trials_pruned']}")
     for c in checks:
         print(f"ours vs {c['vs']}: {c['text']} (need >= {c['need']:g}x) {'MET' if c['met'] else 'NOT MET'}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return result
 
 

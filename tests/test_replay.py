@@ -240,3 +240,33 @@ def test_replay_summary_ratios() -> None:
     assert replay.ratio(10.0, math.inf) == 0.0
     assert math.isnan(replay.ratio(math.inf, math.inf))
     assert np.isfinite(replay.ratio(3.0, 1.5))
+
+
+# --- the pruning-signal check (study status, export's advice.md) --------------------------------
+
+
+def _finished(first: list[float], finals: list[float]) -> list[optuna.trial.FrozenTrial]:
+    return [
+        optuna.trial.create_trial(value=v, intermediate_values={1: a, 2: a, 3: a}, params={}, distributions={})
+        for a, v in zip(first, finals, strict=True)
+    ]
+
+
+def test_a_weak_first_epoch_signal_is_reported() -> None:
+    from signtune.advice import SIGNAL_MIN_TRIALS, pruning_signal
+
+    spec = _spec(30, pruner={"name": "auto", "metric": "val_loss"})
+    finals = [float(i) for i in range(10)]
+    assert pruning_signal(_finished([f + 0.5 for f in finals], finals), spec) == []  # it ranks them: quiet
+    reversed_ = pruning_signal(_finished([-f for f in finals], finals), spec)
+    assert [a.param for a in reversed_] == ["pruner"]
+    assert "Spearman -1.00 over 10 complete trials" in reversed_[0].finding
+    assert "sha prunes on it from epoch 1" in reversed_[0].finding and "val_loss" in reversed_[0].finding
+    few = finals[: SIGNAL_MIN_TRIALS - 1]
+    assert pruning_signal(_finished([-f for f in few], few), spec) == []  # too few to judge
+    pruned = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, intermediate_values={1: 99.0})
+    assert len(pruning_signal([*_finished([-f for f in finals], finals), pruned], spec)) == 1  # complete only
+    # The median pruner with warm-up 2 judges epoch 2; no pruner, nothing to judge.
+    warm = _spec(30, pruner={"name": "median", "n_warmup_steps": 2})
+    assert "at epoch 2" in pruning_signal(_finished([-f for f in finals], finals), warm)[0].finding
+    assert pruning_signal(_finished([-f for f in finals], finals), _spec(30, 2)) == []

@@ -5,6 +5,8 @@ refined study came from.
 categorical choices no top-k trial used and the parameters of no measurable importance, each
 with the ``study refine`` command that acts on it; ``study status``, ``study export``
 (``advice.md``) and the report show it. The rules and thresholds are ``signtune.refine``'s.
+``pruning_signal`` checks the pruner's premise on the study's own trials: that the value it
+compares at its first epoch ranks the configs as their final objective does.
 """
 
 from __future__ import annotations
@@ -144,10 +146,51 @@ def study_ref(spec: StudySpec) -> str:
 
 
 def study_advice(study: optuna.Study, spec: StudySpec, space: SearchSpace, top_k: int = 3) -> list[Advice]:
-    """``advise`` on a stored study: its ranking, its importances, its command name."""
+    """``advise`` on a stored study (its ranking, importances and command name), then the
+    pruning-signal check."""
     from signtune.study import ranked_trials
 
     ranked = ranked_trials(study, spec.objective.direction)
-    if len(ranked) < top_k:
+    found = [] if len(ranked) < top_k else advise(space, ranked, param_importances(study), study_ref(spec), top_k)
+    return found + pruning_signal(study.get_trials(deepcopy=False), spec)
+
+
+SIGNAL_MIN_TRIALS = 8  # complete trials before the pruning signal is judged
+WEAK_SIGNAL = 0.3  # Spearman below this: the first epoch's value does not rank the final objective
+
+
+def pruning_signal(trials: Sequence[FrozenTrial], spec: StudySpec) -> list[Advice]:
+    """A finding when the pruner's first-epoch value ranks the complete trials' objective
+    values with Spearman below ``WEAK_SIGNAL`` (at least ``SIGNAL_MIN_TRIALS`` of them).
+
+    Complete trials are the ones the pruner let through, a narrower set than all configs, so
+    their correlation understates the signal: only a clearly weak one is reported.
+    """
+    from signtune.promote.fidelity import spearman
+    from signtune.study import pruning_metric, resolve_strategy
+
+    resolved = resolve_strategy(spec)
+    if resolved.pruner.name == "none":
         return []
-    return advise(space, ranked, param_importances(study), study_ref(spec), top_k)
+    rungs = resolved.pruner.name in ("sha", "hyperband")
+    step = resolved.pruner.min_resource if rungs else max(1, resolved.pruner.n_warmup_steps)
+    pairs = [
+        (t.intermediate_values[step], t.value)
+        for t in trials
+        if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None and step in t.intermediate_values
+    ]
+    if len(pairs) < SIGNAL_MIN_TRIALS:
+        return []
+    rho = spearman([a for a, _ in pairs], [b for _, b in pairs])
+    if rho is None or rho >= WEAK_SIGNAL:
+        return []
+    metric = pruning_metric(spec)[0]
+    return [
+        Advice(
+            "pruner",
+            f"{metric} at epoch {step} ranks the final {spec.objective.metric} with Spearman {rho:.2f} "
+            f"over {len(pairs)} complete trials ({resolved.pruner.name} prunes on it from epoch {step})",
+            "prune later or more gently: `pruner: {name: median, n_warmup_steps: 2}`, or a `pruner.metric` "
+            "that tracks the objective early",
+        )
+    ]
