@@ -423,7 +423,8 @@ def tuning_section(r: dict[str, Any], data: Path, note: str, notes_trainer_ratio
         f"Command: {_cmd(r, data)}",
         f"Problem: {r['problem']}. Target val BLEU-4 **{r['target_bleu']:g}** (whole val split), budget "
         f"{r['budget_s']:.0f} wall s per set-up and seed, {r['seeds']} seed(s) (sampler seeds 0..{r['seeds'] - 1}). "
-        "`ours` = `run_study` with the demo spec's TPE + median pruner, 1 worker, our `fit`; `plain_tpe` = plain "
+        "`ours` = `run_study` with the demo spec as shipped (sampler and pruner `auto`), 1 worker, our `fit`; "
+        "`plain_tpe` = plain "
         "Optuna TPE, no pruning, the naive loop, validating each epoch on the first 30 val clips decoded one "
         "by one (Optuna optimises that 30-clip BLEU; the curves and the figures below use each finished trial's "
         "final model scored on the whole val split, off the clock; its best 30-clip BLEU at each mark, median: "

@@ -454,6 +454,9 @@ _PROBLEMS: dict[str, Problem] = {}
 
 def _run_cell(args: tuple[Cell, list[int], str]) -> tuple[Cell, list[dict[str, Any]]]:
     cell, seeds, table = args
+    import torch
+
+    torch.set_num_threads(1)  # one thread per pool process (GPSampler runs on torch)
     problem = _PROBLEMS.get(cell.problem)
     if problem is None:
         problem = _PROBLEMS[cell.problem] = _problem(cell.problem, table)

@@ -315,7 +315,7 @@ def speedup(slow: float, fast: float, budget: float) -> tuple[float, str]:
 
 
 def write_html(runs: dict[str, list[dict[str, Any]]], path: Path, *, target: float, budget: float,
-               title: str) -> None:
+               title: str, plotlyjs: bool | str = True) -> None:
     import plotly.graph_objects as go
 
     colors = {"ours": "#1f77b4", "plain_tpe": "#d62728", "random": "#7f7f7f"}
@@ -335,7 +335,7 @@ def write_html(runs: dict[str, list[dict[str, Any]]], path: Path, *, target: flo
     fig.add_hline(y=target, line_dash="dot", annotation_text=f"target {target:g}")
     fig.update_layout(title=title, xaxis_title="wall seconds", yaxis_title="best val BLEU-4 so far (whole val split)",
                       template="plotly_white")
-    path.write_text(fig.to_html(include_plotlyjs=True, full_html=True), encoding="utf-8")
+    path.write_text(fig.to_html(include_plotlyjs=plotlyjs, full_html=True), encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -270,3 +270,21 @@ def test_a_weak_first_epoch_signal_is_reported() -> None:
     warm = _spec(30, pruner={"name": "median", "n_warmup_steps": 2})
     assert "at epoch 2" in pruning_signal(_finished([-f for f in finals], finals), warm)[0].finding
     assert pruning_signal(_finished([-f for f in finals], finals), _spec(30, 2)) == []
+
+
+def test_runs_without_priors_are_shared_by_good_and_bad_problems() -> None:
+    from benchmarks.replay_report import same_runs
+
+    problems = {name: replay.hartmann_problem(3, name.split("-")[1]) for name in ("mfh3-good", "mfh3-bad")}
+    cells = [replay.Cell(p, s, 30, 1) for p in problems for s in ("random", "gp", "new")]
+    same = same_runs(cells, problems)
+    assert same == {
+        replay.Cell("mfh3-bad", "random", 30, 1): replay.Cell("mfh3-good", "random", 30, 1),
+        replay.Cell("mfh3-bad", "gp", 30, 1): replay.Cell("mfh3-good", "gp", 30, 1),
+    }  # ``new`` queues the prior, so its bad-prior runs are its own
+    # ... and the shared runs are what running them would give
+    spec = {
+        name: replay.make_spec(problems[name], replay.strategies(problems[name])["random"], 12, 3) for name in problems
+    }
+    runs = {name: replay.replay(problems[name], spec[name], 1) for name in problems}
+    assert [t.params for t in runs["mfh3-good"]] == [t.params for t in runs["mfh3-bad"]]
