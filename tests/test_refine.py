@@ -581,3 +581,35 @@ def test_past_the_low_end_an_even_int_choice_halves() -> None:
     assert edge_neighbour([64, 128, 192], [64, 64]) == (32, "low")
     assert edge_neighbour([16, 32, 64], [64]) == (96, "high")
     assert edge_neighbour([0.1, 0.3], [0.1]) is not None
+
+
+def test_status_warns_when_the_first_epoch_does_not_rank_the_objective(project: Path) -> None:
+    """A study that halves on an early signal whose epoch-1 order is the reverse of the final one."""
+    spec_text = PARENT.replace("name: par", "name: sig").replace(
+        "pruner: {name: none}", "pruner: {name: auto, metric: loss}"
+    )
+    spec_text = spec_text.replace("run.epochs: 3", "run.epochs: 4")
+    (project / "studies" / "sig").mkdir()
+    (project / "studies" / "sig" / "study.yaml").write_text(spec_text)
+    space = parse(project / "search_spaces" / "rich.yaml")
+    study = optuna.create_study(
+        study_name="sig", storage=f"sqlite:///{project}/studies/sig/study.db", direction="maximize"
+    )
+    dists = space.distributions()
+    for i in range(9):  # the better the final score, the worse (higher) the epoch-1 loss
+        params = {"optim.lr": 1e-3 + i * 1e-4, "x": i / 10}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={k: dists[k] for k in params},
+                value=float(i),
+                intermediate_values={1: -float(1 + i), 2: -float(1 + i)},  # -loss: loss 1 + i, worst for the best
+            )
+        )
+    res = CliRunner().invoke(app, ["status", "--study", "sig"])
+    assert res.exit_code == 0, res.output
+    assert (
+        "advice: pruner: loss at epoch 1 ranks the final score with Spearman -1.00 over 9 complete trials "
+        "(sha prunes on it from epoch 1)" in res.output
+    )
+    assert "pruner: {name: median, n_warmup_steps: 2}" in res.output

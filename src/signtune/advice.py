@@ -146,13 +146,13 @@ def study_ref(spec: StudySpec) -> str:
 
 
 def study_advice(study: optuna.Study, spec: StudySpec, space: SearchSpace, top_k: int = 3) -> list[Advice]:
-    """``advise`` on a stored study (its ranking, importances and command name), then the
-    pruning-signal check."""
+    """The pruning-signal check (first: ``study status`` shows the first few findings), then
+    ``advise`` on a stored study (its ranking, importances and command name)."""
     from signtune.study import ranked_trials
 
     ranked = ranked_trials(study, spec.objective.direction)
     found = [] if len(ranked) < top_k else advise(space, ranked, param_importances(study), study_ref(spec), top_k)
-    return found + pruning_signal(study.get_trials(deepcopy=False), spec)
+    return pruning_signal(study.get_trials(deepcopy=False), spec) + found
 
 
 SIGNAL_MIN_TRIALS = 8  # complete trials before the pruning signal is judged
