@@ -268,7 +268,8 @@ def test_a_weak_first_epoch_signal_is_reported() -> None:
     assert len(pruning_signal([*_finished([-f for f in finals], finals), pruned], spec)) == 1  # complete only
     # The median pruner with warm-up 2 judges epoch 2; no pruner, nothing to judge.
     warm = _spec(30, pruner={"name": "median", "n_warmup_steps": 2})
-    assert "at epoch 2" in pruning_signal(_finished([-f for f in finals], finals), warm)[0].finding
+    late = pruning_signal(_finished([-f for f in finals], finals), warm)[0]
+    assert "at epoch 2" in late.finding and "n_warmup_steps: 3" in late.fix  # a later start than its own
     assert pruning_signal(_finished([-f for f in finals], finals), _spec(30, 2)) == []
 
 

@@ -190,7 +190,7 @@ def pruning_signal(trials: Sequence[FrozenTrial], spec: StudySpec) -> list[Advic
             "pruner",
             f"{metric} at epoch {step} ranks the final {spec.objective.metric} with Spearman {rho:.2f} "
             f"over {len(pairs)} complete trials ({resolved.pruner.name} prunes on it from epoch {step})",
-            "prune later or more gently: `pruner: {name: median, n_warmup_steps: 2}`, or a `pruner.metric` "
-            "that tracks the objective early",
+            f"prune later or more gently: `pruner: {{name: median, n_warmup_steps: {max(2, step + 1)}}}`, or a "
+            "`pruner.metric` that tracks the objective early",
         )
     ]

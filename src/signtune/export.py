@@ -27,7 +27,7 @@ from signtune.errors import Problem, StudyError
 from signtune.folders import commit_dir
 from signtune.spec import StudySpec
 from signtune.storage import mask_url
-from signtune.study import ranked_trials
+from signtune.study import objective_value, ranked_trials
 
 PLOTS = ("param_importances", "optimization_history", "parallel_coordinate", "intermediate_values")
 PLOTLY_JS = "plotly.min.js"  # the plot pages' shared copy of plotly.js, beside them
@@ -143,9 +143,7 @@ def write_trials_csv(trials: list[FrozenTrial], path: Path) -> None:
         w = csv.writer(f)
         w.writerow(["number", "state", "value", *attr_names, *param_names])
         for t in trials:
-            # A pruned trial's Optuna value is its last intermediate value (the pruning metric,
-            # e.g. -val_loss); the csv gives the objective's best before it stopped instead.
-            value = t.user_attrs.get("value_so_far", t.value) if t.state == TrialState.PRUNED else t.value
+            value = objective_value(t)
             w.writerow(
                 masked(
                     [t.number, t.state.name, "" if value is None else value]

@@ -341,6 +341,15 @@ def ranked_trials(study: optuna.Study, direction: Literal["maximize", "minimize"
     return done
 
 
+def objective_value(trial: FrozenTrial) -> float | None:
+    """The trial's objective value as a person reads it. A pruned trial's Optuna value is its
+    last intermediate value (the pruning metric, e.g. -val_loss), so for it this is the
+    objective's best before it stopped (the ``value_so_far`` user attr) where recorded."""
+    if trial.state == TrialState.PRUNED:
+        return trial.user_attrs.get("value_so_far", trial.value)
+    return trial.value
+
+
 def best_of(study: optuna.Study) -> tuple[float | None, int | None]:
     """The best complete trial's value and number (None, None before the first one)."""
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):

@@ -141,9 +141,9 @@ class Reporter:
         if self.mode not in ("lines", "json"):
             return
         state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(trial.state, "failed")
-        value = trial.value
-        if state == "pruned":  # Optuna keeps the last intermediate value, which may be -val_loss
-            value = trial.user_attrs.get("value_so_far", value)
+        from signtune.study import objective_value
+
+        value = objective_value(trial)
         epochs = trial.user_attrs.get("epochs_run", len(trial.intermediate_values))
         wall = trial.user_attrs.get("wall_time_s")
         reason = str(trial.user_attrs.get("reason", "")) if state != "complete" else ""

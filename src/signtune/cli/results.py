@@ -67,9 +67,7 @@ def _export(study: str | None, storage: str | None, out_dir: Path | None, stage:
     path = export_study(study_obj, spec, out_dir)
     if trials_missing(study_obj):
         try:
-            filled = make_tracker(spec).backfill(
-                study_obj, spec.objective.metric, epochs_as=intermediate_metric(spec)
-            )
+            filled = make_tracker(spec).backfill(study_obj, spec.objective.metric, epochs_as=intermediate_metric(spec))
             if filled:
                 out.print(f"MLflow: back-filled trials {filled} it had missed.")
         except Exception as exc:
