@@ -382,7 +382,12 @@ def live_lines(path: Path = LIVE_JSON) -> list[str]:
             f"| {name} | {t(float(v['median_time_to_target_s']))} ({', '.join(t(x) for x in ttt)}) | {v['reached']} | "
             f"{best} | {v['trials_complete']} / {v['trials_pruned']} |"
         )
-    lines += ["", "Best-so-far curves per seed: `replay/live_confirm.html` (plotly, loads plotly.js from its CDN)."]
+    lines += [
+        "",
+        "Best-so-far curves per seed: `replay/live_confirm.html`, drawn from the JSON by `python -m "
+        "benchmarks.tuning_efficiency --redraw benchmarks/data/live_confirm.json --html "
+        "benchmarks/replay/live_confirm.html` (plotly.js linked from its CDN, 12 KB instead of 4.8 MB).",
+    ]
     if "ours" in s and len(s) > 1:
         last = marks[-1]
         first = all(

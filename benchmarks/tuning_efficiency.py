@@ -356,6 +356,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="run the set-ups one after another in this process (the smoke test), not side by side")
     ap.add_argument("--html", type=Path, default=Path(__file__).with_name("tuning_efficiency.html"))
     ap.add_argument("--json", type=Path, default=None, help="also write the whole result here")
+    ap.add_argument("--redraw", type=Path, default=None,
+                    help="draw --html from a --json result instead of running (plotly.js linked from its CDN)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
@@ -365,6 +367,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = _child(args.child, args.seed, args)
         args.out.write_text(json.dumps(result))
         return result
+    if args.redraw is not None:
+        saved = json.loads(args.redraw.read_text(encoding="utf-8"))
+        write_html(saved["runs"], args.html, target=saved["target_bleu"], budget=saved["budget_s"],
+                   title=f"Best-so-far val BLEU: {saved['problem']}; {saved['seeds']} seed(s)", plotlyjs="cdn")
+        print(f"drew {args.html} from {args.redraw}")
+        return saved
 
     from benchmarks.common import ROOT, command, demo_data, loadavg, n_train, synth_params
 
