@@ -289,3 +289,13 @@ def test_runs_without_priors_are_shared_by_good_and_bad_problems() -> None:
     }
     runs = {name: replay.replay(problems[name], spec[name], 1) for name in problems}
     assert [t.params for t in runs["mfh3-good"]] == [t.params for t in runs["mfh3-bad"]]
+
+
+def test_live_confirmation_renders_from_its_json(tmp_path: Path) -> None:
+    from benchmarks.replay_report import LIVE_JSON, live_lines
+
+    text = "\n".join(live_lines(LIVE_JSON))
+    assert "| ours | 472 (519, 373, 472) | 3/3 |" in text
+    assert "| random | - (-, 242, -) | 1/3 |" in text  # a seed that never reached it shows as -
+    assert "reaches the target first in the median seed | **MET**" in text
+    assert live_lines(tmp_path / "absent.json") == []
